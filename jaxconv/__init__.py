@@ -1,0 +1,28 @@
+"""jaxconv: convolution in JAX by im2col and Winograd, a drop-in for `lax.conv_general_dilated`."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from jaxconv._api import ConvGeneralDilated as ConvGeneralDilated
+from jaxconv._api import conv_general_dilated as conv_general_dilated
+from jaxconv._api import plan as plan
+from jaxconv._geometry import ConvGeometry as ConvGeometry
+from jaxconv._im2col import patch_budget as patch_budget
+from jaxconv._im2col import set_patch_budget as set_patch_budget
+from jaxconv._select import ALGORITHMS as ALGORITHMS
+from jaxconv._select import Plan as Plan
+
+try:
+  __version__ = version("jaxconv")
+except PackageNotFoundError:  # running from a source tree
+  __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ALGORITHMS",
+    "ConvGeneralDilated",
+    "ConvGeometry",
+    "Plan",
+    "conv_general_dilated",
+    "patch_budget",
+    "plan",
+    "set_patch_budget",
+]

@@ -1,0 +1,198 @@
+"""The lax-compatible entry points: `conv_general_dilated`, `ConvGeneralDilated` and `plan`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from jax import lax
+from jax.typing import ArrayLike, DTypeLike
+
+from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._im2col import im2col
+from jaxconv._select import Plan, choose
+
+__all__ = ["ConvGeneralDilated", "conv_general_dilated", "plan"]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _run(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, algorithm: str) -> jax.Array:
+  if algorithm == "im2col":
+    return im2col(lhs, rhs, g)
+  raise AssertionError(f"no implementation registered for {algorithm!r}")
+
+
+# The lax algorithm, bound at import: patching `lax.conv_general_dilated` later never routes it
+# back into jaxconv.
+_run_lax = lax.conv_general_dilated
+
+
+def plan(
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: Any = None,
+    *,
+    algorithm: str = "auto",
+) -> Plan:
+  """Says what `conv_general_dilated` would do with these arguments, computing nothing.
+
+  Arrays may be `jax.ShapeDtypeStruct`s: only shapes and dtypes are read.
+
+  Returns:
+    A `Plan`: the algorithm that will run, why, and the static facts (output shape and dtype,
+    direct-convolution FLOPs, the normalised geometry).
+
+  Raises:
+    The same errors as `conv_general_dilated`.
+
+  Example:
+    >>> import jax, jaxconv
+    >>> x = jax.ShapeDtypeStruct((8, 150, 150, 3), "float32")
+    >>> k = jax.ShapeDtypeStruct((3, 3, 3, 16), "float32")
+    >>> p = jaxconv.plan(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    >>> p.algorithm, p.out_shape
+    ('im2col', (8, 148, 148, 16))
+  """
+  del out_sharding  # does not change what is computed
+  g = normalize(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count, precision, preferred_element_type,
+  )
+  return choose(g, algorithm)
+
+
+def conv_general_dilated(
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: Any = None,
+    *,
+    algorithm: str = "auto",
+) -> jax.Array:
+  """General n-dimensional convolution: a drop-in for `jax.lax.conv_general_dilated`.
+
+  Takes the same arguments, with the same defaults and meaning, and returns the same shape and
+  dtype; invalid arguments raise the same exception types, before anything is computed.
+
+  Args:
+    lhs: input, rank n + 2.
+    rhs: kernel, rank n + 2.
+    window_strides: n positive integers.
+    padding: 'SAME', 'SAME_LOWER', 'VALID', or n (low, high) integer pairs (may be negative).
+    lhs_dilation: n positive integers (transposed convolution), or None.
+    rhs_dilation: n positive integers (atrous convolution), or None.
+    dimension_numbers: None, a `lax.ConvDimensionNumbers`, or (lhs, rhs, out) layout strings such
+      as ("NHWC", "HWIO", "NHWC").
+    feature_group_count: feature groups (grouped and depthwise convolution).
+    batch_group_count: batch groups (as in the kernel gradient of a grouped convolution).
+    precision: as in lax: None, a `lax.Precision`, a string, or a pair.
+    preferred_element_type: accumulation and result dtype, or None.
+    out_sharding: output sharding (a `NamedSharding` or `PartitionSpec`), or None.
+    algorithm: "auto" (see `plan`), "lax", "im2col" or "winograd".
+
+  Returns:
+    The convolution, as `jax.lax.conv_general_dilated` returns it.
+
+  Raises:
+    TypeError: malformed arguments (as lax), or a non-string `algorithm`.
+    ValueError: arguments that break a convolution shape rule (as lax), or an unknown `algorithm`.
+    NotImplementedError: a forced `algorithm` that cannot compute this convolution.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxconv
+    >>> kx, kk = jax.random.split(jax.random.key(0))
+    >>> x = jax.random.normal(kx, (2, 16, 16, 3))
+    >>> k = jax.random.normal(kk, (3, 3, 3, 8))
+    >>> dn = ("NHWC", "HWIO", "NHWC")
+    >>> y = jaxconv.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn,
+    ...                                  algorithm="im2col")
+    >>> ref = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn,
+    ...                                    precision="highest")
+    >>> y.shape, bool(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref) < 1e-5)
+    ((2, 16, 16, 8), True)
+  """
+  p = plan(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count, precision, preferred_element_type,
+      algorithm=algorithm,
+  )
+  if p.algorithm == "lax":
+    return _run_lax(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type,
+        out_sharding=out_sharding,
+    )
+  out = _run(lhs, rhs, p.geometry, p.algorithm)
+  if out_sharding is not None:
+    out = jax.sharding.reshard(out, out_sharding)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeneralDilated:
+  """`conv_general_dilated` with the algorithm fixed: an immutable, hashable callable.
+
+  Flax linen's `nn.Conv(conv_general_dilated_cls=...)` instantiates it with no arguments; nnx's
+  `nnx.Conv(conv_general_dilated=...)` accepts an instance.
+
+  Attributes:
+    algorithm: as in `conv_general_dilated`.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxconv
+    >>> conv = jaxconv.ConvGeneralDilated(algorithm="im2col")
+    >>> conv(jnp.ones((1, 1, 5)), jnp.ones((1, 1, 3)), (1,), "VALID").tolist()
+    [[[3.0, 3.0, 3.0]]]
+  """
+
+  algorithm: str = "auto"
+
+  def __post_init__(self):
+    choose_check = self.algorithm  # validated eagerly: a typo should fail at construction
+    from jaxconv._select import ALGORITHMS
+
+    if not isinstance(choose_check, str) or choose_check not in ALGORITHMS:
+      raise (TypeError if not isinstance(choose_check, str) else ValueError)(
+          f"`algorithm` must be one of {ALGORITHMS}, got {choose_check!r}."
+      )
+
+  def __call__(
+      self,
+      lhs: ArrayLike,
+      rhs: ArrayLike,
+      window_strides: Sequence[int],
+      padding: str | Sequence[tuple[int, int]],
+      lhs_dilation: Sequence[int] | None = None,
+      rhs_dilation: Sequence[int] | None = None,
+      dimension_numbers: Any = None,
+      feature_group_count: int = 1,
+      batch_group_count: int = 1,
+      precision: Any = None,
+      preferred_element_type: DTypeLike | None = None,
+      out_sharding: Any = None,
+  ) -> jax.Array:
+    return conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type,
+        out_sharding, algorithm=self.algorithm,
+    )

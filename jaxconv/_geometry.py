@@ -1,0 +1,393 @@
+"""One immutable description of a convolution, built once from lax-style arguments.
+
+Every entry point (`conv_general_dilated`, `plan`, the algorithms) consumes a `ConvGeometry` and never
+re-parses user arguments. `normalize` validates in the order `jax.lax.conv_general_dilated` does and
+raises the same exception types (ValueError for shape rules, TypeError for malformed arguments), with
+messages naming the argument and its value. As a last line of defence it asks lax itself for the
+result's shape and dtype (`jax.eval_shape`, no computation), so a call lax rejects is rejected here too
+and a call lax accepts gets exactly lax's output shape and dtype.
+
+The geometry is stored in a canonical, layout-free form: batch, feature and spatial sizes in the order
+of the kernel's spatial dimensions (the order in which `window_strides` and `padding` are given).
+Algorithms work channels-last, `(N, *spatial, C)` for the input, `(*kernel, I, O)` for the kernel and
+`(N, *spatial, O)` for the output; the permutations to and from the user's layout live here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax import lax
+
+__all__ = ["ConvGeometry", "PaddingError", "RankError", "normalize"]
+
+
+# Two cases where lax raises an unusual exception type. Ours subclass both the conventional type and
+# lax's, so `except` clauses written for lax keep working.
+class PaddingError(ValueError, RuntimeError):
+  """An unknown padding string (lax: RuntimeError from `lax.padtype_to_pads`)."""
+
+
+class RankError(TypeError, IndexError):
+  """An input of rank < 2, with no room for batch and feature dimensions (lax: IndexError)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+  """The static facts of one convolution, in canonical order.
+
+  Attributes:
+    batch: input batch size N.
+    in_features: input feature count C.
+    in_spatial: input spatial sizes, in kernel spatial order.
+    out_features: output feature count O.
+    kernel: kernel spatial sizes.
+    strides: window strides.
+    padding: explicit `(low, high)` pairs (possibly negative), after resolving strings.
+    lhs_dilation: input dilation (transposed convolution).
+    rhs_dilation: kernel dilation (atrous convolution).
+    feature_group_count: number of feature groups G (C = G * I).
+    batch_group_count: number of batch groups B (N = B * N_out).
+    dimension_numbers: lax's canonical `ConvDimensionNumbers`.
+    dtype: the common input dtype.
+    out_dtype: the result dtype, as lax computes it.
+    precision: the `precision` argument, made hashable.
+    preferred_element_type: the `preferred_element_type` argument, canonicalised.
+    out_shape: the result's shape in the user's output layout.
+  """
+
+  batch: int
+  in_features: int
+  in_spatial: tuple[int, ...]
+  out_features: int
+  kernel: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: tuple[tuple[int, int], ...]
+  lhs_dilation: tuple[int, ...]
+  rhs_dilation: tuple[int, ...]
+  feature_group_count: int
+  batch_group_count: int
+  dimension_numbers: lax.ConvDimensionNumbers
+  dtype: np.dtype
+  out_dtype: np.dtype
+  precision: Any
+  preferred_element_type: np.dtype | None
+  out_shape: tuple[int, ...]
+
+  # Derived facts. ----------------------------------------------------------------------------
+
+  @property
+  def ndim(self) -> int:
+    """Number of spatial dimensions."""
+    return len(self.in_spatial)
+
+  @property
+  def out_spatial(self) -> tuple[int, ...]:
+    """Output spatial sizes, in kernel spatial order."""
+    return tuple(self.out_shape[d] for d in self.dimension_numbers.out_spec[2:])
+
+  @property
+  def out_batch(self) -> int:
+    return self.batch // self.batch_group_count
+
+  @property
+  def group_in_features(self) -> int:
+    """Input features seen by one output feature (the kernel's I dimension)."""
+    return self.in_features // self.feature_group_count
+
+  @property
+  def dilated_kernel(self) -> tuple[int, ...]:
+    return tuple((k - 1) * d + 1 if k else 0 for k, d in zip(self.kernel, self.rhs_dilation))
+
+  @property
+  def padded_spatial(self) -> tuple[int, ...]:
+    """Input spatial sizes after lhs dilation and padding: the grid the windows slide over."""
+    return tuple(
+        ((s - 1) * ld + 1 if s else 0) + lo + hi
+        for s, ld, (lo, hi) in zip(self.in_spatial, self.lhs_dilation, self.padding)
+    )
+
+  @property
+  def flops(self) -> int:
+    """Real multiply-adds x 2 of the direct convolution (complex counts 4 real products)."""
+    macs = (
+        math.prod(self.out_shape) * math.prod(self.kernel) * self.group_in_features
+    )
+    scale = 4 if np.issubdtype(self.dtype, np.complexfloating) else 1
+    return 2 * macs * scale
+
+  @property
+  def is_empty(self) -> bool:
+    """True when the result has no elements or every output is an empty sum (zeros)."""
+    return math.prod(self.out_shape) == 0 or self.group_in_features == 0
+
+  # Layout permutations. ----------------------------------------------------------------------
+
+  @property
+  def lhs_to_channels_last(self) -> tuple[int, ...]:
+    spec = self.dimension_numbers.lhs_spec
+    return (spec[0], *spec[2:], spec[1])
+
+  @property
+  def rhs_to_channels_last(self) -> tuple[int, ...]:
+    spec = self.dimension_numbers.rhs_spec
+    return (*spec[2:], spec[1], spec[0])
+
+  @property
+  def channels_last_to_out(self) -> tuple[int, ...]:
+    """Permutation taking a `(N, *spatial, O)` array to the user's output layout."""
+    spec = self.dimension_numbers.out_spec
+    perm = [0] * len(spec)
+    perm[spec[0]] = 0
+    perm[spec[1]] = self.ndim + 1
+    for i, axis in enumerate(spec[2:]):
+      perm[axis] = i + 1
+    return tuple(perm)
+
+
+def _int_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
+  if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+    raise TypeError(
+        f"conv_general_dilated `{name}` must be a sequence of {ndim} integers, got {value!r}."
+    )
+  try:
+    out = tuple(operator.index(v) for v in value)
+  except TypeError as e:
+    raise TypeError(
+        f"conv_general_dilated `{name}` must be a sequence of integers, got {value!r}."
+    ) from e
+  if len(out) != ndim:
+    raise ValueError(
+        f"conv_general_dilated `{name}` must have one entry per spatial dimension ({ndim}), "
+        f"got {len(out)}: {value!r}."
+    )
+  return out
+
+
+def _group_count(name: str, value: Any) -> int:
+  # lax only uses these in integer arithmetic, so it accepts integral floats such as 2.0.
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(f"conv_general_dilated `{name}` must be an integer, got {value!r}.")
+  if value != int(value):
+    raise TypeError(f"conv_general_dilated `{name}` must be an integer, got {value!r}.")
+  if value <= 0:
+    raise ValueError(f"conv_general_dilated `{name}` must be a positive integer, got {value!r}.")
+  return int(value)
+
+
+def _hashable_precision(precision: Any) -> Any:
+  if isinstance(precision, list):
+    return tuple(precision)
+  return precision
+
+
+def _shape_of(name: str, x: Any) -> tuple[tuple[int, ...], np.dtype]:
+  shape = getattr(x, "shape", None)
+  dtype = getattr(x, "dtype", None)
+  if shape is None or dtype is None:
+    raise TypeError(
+        f"conv_general_dilated `{name}` must be an array with a shape and dtype, got "
+        f"{type(x).__name__}."
+    )
+  return tuple(shape), np.dtype(dtype)
+
+
+def normalize(
+    lhs: Any,
+    rhs: Any,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> ConvGeometry:
+  """Validates `jax.lax.conv_general_dilated` arguments into a `ConvGeometry`.
+
+  Args:
+    lhs: the input array (only its shape and dtype are read).
+    rhs: the kernel array (only its shape and dtype are read).
+    window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+      batch_group_count, precision, preferred_element_type: as in `jax.lax.conv_general_dilated`.
+
+  Returns:
+    The validated, immutable description.
+
+  Raises:
+    TypeError: for malformed arguments (as lax).
+    ValueError: for shapes that break a convolution rule (as lax).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> g = normalize(jnp.zeros((8, 32, 32, 3)), jnp.zeros((3, 3, 3, 16)), (1, 1), "SAME",
+    ...               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    >>> g.out_shape, g.padding
+    ((8, 32, 32, 16), ((1, 1), (1, 1)))
+  """
+  lhs_shape, lhs_dtype = _shape_of("lhs", lhs)
+  rhs_shape, rhs_dtype = _shape_of("rhs", rhs)
+  if isinstance(padding, list):
+    padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
+  elif isinstance(padding, np.ndarray):
+    padding = tuple(map(tuple, padding.tolist()))
+  if isinstance(dimension_numbers, list):
+    dimension_numbers = tuple(dimension_numbers)
+  key = (
+      lhs_shape, lhs_dtype, rhs_shape, rhs_dtype,
+      _freeze(window_strides), padding, _freeze(lhs_dilation), _freeze(rhs_dilation),
+      dimension_numbers, feature_group_count, batch_group_count,
+      _hashable_precision(precision), preferred_element_type,
+  )
+  try:
+    hash(key)
+  except TypeError:
+    return _normalize(*key)
+  return _normalize_cached(*key)
+
+
+def _freeze(value: Any) -> Any:
+  if isinstance(value, (list, np.ndarray)):
+    return tuple(np.asarray(value).tolist())
+  return value
+
+
+def _normalize(
+    lhs_shape, lhs_dtype, rhs_shape, rhs_dtype, window_strides, padding, lhs_dilation,
+    rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
+    preferred_element_type,
+) -> ConvGeometry:
+  if len(lhs_shape) < 2:
+    raise RankError(
+        f"conv_general_dilated `lhs` must have rank >= 2 (batch and feature), got shape "
+        f"{lhs_shape}."
+    )
+  # lax's own parser names the offending element of `dimension_numbers` precisely.
+  dnums = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  ndim = len(lhs_shape) - 2
+  strides = _int_tuple("window_strides", window_strides, ndim)
+  if any(s <= 0 for s in strides):
+    raise ValueError(
+        f"conv_general_dilated `window_strides` must be positive, got {tuple(strides)}."
+    )
+  lhs_dil = (1,) * ndim if lhs_dilation is None else _int_tuple("lhs_dilation", lhs_dilation, ndim)
+  rhs_dil = (1,) * ndim if rhs_dilation is None else _int_tuple("rhs_dilation", rhs_dilation, ndim)
+  for name, dil in (("lhs_dilation", lhs_dil), ("rhs_dilation", rhs_dil)):
+    if any(d <= 0 for d in dil):
+      # lax raises TypeError("All dilations must be positive").
+      raise TypeError(f"conv_general_dilated `{name}` must be positive, got {dil}.")
+  fgc = _group_count("feature_group_count", feature_group_count)
+  bgc = _group_count("batch_group_count", batch_group_count)
+
+  in_spatial = tuple(lhs_shape[d] for d in dnums.lhs_spec[2:])
+  kernel = tuple(rhs_shape[d] for d in dnums.rhs_spec[2:])
+  if any(k == 0 for k in kernel):
+    # XLA's verifier rejects an empty window when lax lowers it, as a ValueError.
+    raise ValueError(
+        f"conv_general_dilated: every spatial dimension of `rhs` must be positive, got kernel "
+        f"size {kernel} (rhs shape {rhs_shape})."
+    )
+  if isinstance(padding, str):
+    if any(d != 1 for d in lhs_dil):
+      raise ValueError(
+          f"conv_general_dilated: string `padding` ({padding!r}) is not implemented for "
+          f"transposed convolution (`lhs_dilation`={lhs_dil}); give explicit (low, high) pairs "
+          "or use jax.lax.conv_transpose."
+      )
+    if padding.upper() not in ("SAME", "SAME_LOWER", "VALID"):
+      raise PaddingError(
+          f"conv_general_dilated `padding` must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence "
+          f"of (low, high) pairs, got {padding!r}."
+      )
+    dilated = [(k - 1) * d + 1 if k else 0 for k, d in zip(kernel, rhs_dil)]
+    pads = tuple(tuple(p) for p in lax.padtype_to_pads(in_spatial, dilated, strides, padding))
+  else:
+    try:
+      pads = tuple((operator.index(lo), operator.index(hi)) for lo, hi in padding)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          "conv_general_dilated `padding` must be a string or a sequence of (low, high) integer "
+          f"pairs, got {padding!r}."
+      ) from e
+    if len(pads) != ndim:
+      raise TypeError(
+          f"conv_general_dilated `padding` must have one (low, high) pair per spatial dimension "
+          f"({ndim}), got {len(pads)}: {padding!r}."
+      )
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+
+  if lhs_dtype != rhs_dtype:
+    raise TypeError(
+        "conv_general_dilated requires `lhs` and `rhs` to have the same dtype, got "
+        f"{lhs_dtype} and {rhs_dtype}."
+    )
+  in_features = lhs_shape[dnums.lhs_spec[1]]
+  if in_features % fgc:
+    raise ValueError(
+        f"conv_general_dilated `feature_group_count` (={fgc}) must divide the lhs feature "
+        f"dimension (={in_features})."
+    )
+  rhs_in = rhs_shape[dnums.rhs_spec[1]]
+  if in_features // fgc != rhs_in:
+    raise ValueError(
+        f"conv_general_dilated: lhs features (={in_features}) divided by `feature_group_count` "
+        f"(={fgc}) must equal the rhs input feature dimension (={rhs_in})."
+    )
+  out_features = rhs_shape[dnums.rhs_spec[0]]
+  for name, count in (("feature_group_count", fgc), ("batch_group_count", bgc)):
+    if out_features % count:
+      raise ValueError(
+          f"conv_general_dilated: the rhs output feature dimension (={out_features}) must be a "
+          f"multiple of `{name}` (={count})."
+      )
+  batch = lhs_shape[dnums.lhs_spec[0]]
+  if bgc > 1 and batch % bgc:
+    raise ValueError(
+        f"conv_general_dilated `batch_group_count` (={bgc}) must divide the lhs batch dimension "
+        f"(={batch})."
+    )
+  if bgc > 1 and fgc > 1:
+    raise ValueError(
+        "conv_general_dilated: at most one of `batch_group_count` and `feature_group_count` may "
+        f"be > 1, got {bgc} and {fgc}."
+    )
+  for d, (s, ld, (lo, hi)) in enumerate(zip(in_spatial, lhs_dil, pads)):
+    if ((s - 1) * ld + 1 if s else 0) + lo + hi < 0:
+      raise ValueError(
+          f"conv_general_dilated: negative `padding` {pads[d]} is larger than spatial dimension "
+          f"{d} of lhs (size {s}, lhs_dilation {ld})."
+      )
+
+  # lax has the last word on shape and dtype (and on `precision`/`preferred_element_type`).
+  out = jax.eval_shape(
+      functools.partial(
+          lax.conv_general_dilated,
+          window_strides=strides, padding=pads, lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
+          dimension_numbers=dnums, feature_group_count=fgc, batch_group_count=bgc,
+          precision=precision, preferred_element_type=preferred_element_type,
+      ),
+      jax.ShapeDtypeStruct(lhs_shape, lhs_dtype),
+      jax.ShapeDtypeStruct(rhs_shape, rhs_dtype),
+  )
+  return ConvGeometry(
+      batch=batch, in_features=in_features, in_spatial=in_spatial, out_features=out_features,
+      kernel=kernel, strides=strides, padding=pads, lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
+      feature_group_count=fgc, batch_group_count=bgc, dimension_numbers=dnums,
+      dtype=lhs_dtype, out_dtype=np.dtype(out.dtype), precision=precision,
+      preferred_element_type=(
+          None if preferred_element_type is None else np.dtype(preferred_element_type)
+      ),
+      out_shape=tuple(out.shape),
+  )
+
+
+_normalize_cached = functools.lru_cache(maxsize=1024)(_normalize)

@@ -1,0 +1,194 @@
+"""im2col: every receptive field gathered into a patch matrix, then one GEMM.
+
+For one example with channels-last input ``x`` of spatial shape ``S`` and ``C`` features, the input
+is first dilated and padded (`lax.pad` with interior padding does both, and negative padding crops).
+Output position ``o`` and kernel tap ``k`` read the padded input at ``o * stride + k * rhs_dilation``
+in every spatial dimension; flattening both gives one integer matrix ``index[M, K]`` (``M`` output
+positions, ``K`` taps) that depends only on the static geometry, so it is built once in numpy and
+cached. The gather ``x_flat[index]`` is the patch matrix ``(M, K, C)`` and the convolution is the
+contraction ``patches[m, k, c] * kernel[k, c, o]``: one GEMM with ``K * C`` as the inner dimension
+(a batched GEMM over groups when `feature_group_count` or `batch_group_count` > 1). The result is
+exact in the sense that it performs the same products as the direct convolution, only summed in a
+different order. The per-example computation is vmapped over the batch.
+
+The patch matrix is ``K`` times larger than the input. When it would exceed `patch_budget()` bytes,
+the work is split: first over examples (`lax.map` with a batch size), then, when one example alone
+is too big, over blocks of output positions.
+
+Reference: K. Chellapilla, S. Puri, P. Simard, "High performance convolutional neural networks for
+document processing" (2006); the Caffe implementation popularised the name.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxconv._geometry import ConvGeometry
+
+__all__ = ["im2col", "im2col_indices", "patch_budget", "set_patch_budget", "patch_bytes"]
+
+_DEFAULT_BUDGET = 1 << 30
+_budget = int(os.environ.get("JAXCONV_PATCH_BUDGET", _DEFAULT_BUDGET))
+
+
+def patch_budget() -> int:
+  """Returns the largest patch buffer, in bytes, that im2col materialises at once.
+
+  The default is 1 GiB, or the integer in the environment variable ``JAXCONV_PATCH_BUDGET``.
+  """
+  return _budget
+
+
+def set_patch_budget(nbytes: int) -> int:
+  """Sets the patch buffer budget (bytes) for functions traced afterwards; returns the old one.
+
+  Example:
+    >>> import jaxconv
+    >>> old = jaxconv.set_patch_budget(256 << 20)
+    >>> _ = jaxconv.set_patch_budget(old)
+  """
+  global _budget
+  if int(nbytes) <= 0:
+    raise ValueError(f"`nbytes` must be a positive number of bytes, got {nbytes!r}.")
+  old, _budget = _budget, int(nbytes)
+  return old
+
+
+def _compute_itemsize(g: ConvGeometry) -> int:
+  return np.dtype(_compute_dtype(g)).itemsize
+
+
+def patch_bytes(g: ConvGeometry) -> int:
+  """Bytes of the full patch matrix for the whole batch."""
+  return (
+      g.batch * math.prod(g.out_spatial) * math.prod(g.kernel) * g.in_features
+      * _compute_itemsize(g)
+  )
+
+
+@functools.lru_cache(maxsize=256)
+def im2col_indices(
+    padded: tuple[int, ...],
+    out: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    rhs_dilation: tuple[int, ...],
+) -> np.ndarray:
+  """Flat gather indices ``(prod(out), prod(kernel))`` into the padded input grid.
+
+  Cached per static geometry (a bounded LRU): building them is numpy work done at trace time.
+  """
+  flat_strides = np.cumprod((1,) + padded[:0:-1])[::-1]
+  index = np.zeros((1,) * (2 * len(out)), dtype=np.int64)
+  for d, (o, k, s, r, fs) in enumerate(zip(out, kernel, strides, rhs_dilation, flat_strides)):
+    shape_o = [1] * len(out)
+    shape_o[d] = o
+    shape_k = [1] * len(out)
+    shape_k[d] = k
+    pos = np.arange(o).reshape(shape_o + [1] * len(out)) * s + np.arange(k).reshape(
+        [1] * len(out) + shape_k
+    ) * r
+    index = index + pos * int(fs)
+  index = index.reshape(math.prod(out), math.prod(kernel))
+  dtype = np.int32 if math.prod(padded) < 2**31 else np.int64
+  index = index.astype(dtype)
+  index.flags.writeable = False
+  return index
+
+
+def _compute_dtype(g: ConvGeometry) -> np.dtype:
+  # Half-precision floats gather and multiply in their own type but accumulate in float32 (as lax
+  # does on CPU and GPU); booleans are counted in int32 and compared with zero.
+  if g.dtype == np.bool_:
+    return np.dtype(np.int32)
+  return g.dtype
+
+
+def _accumulate_dtype(g: ConvGeometry) -> np.dtype | None:
+  if g.preferred_element_type is not None:
+    return g.preferred_element_type
+  if g.dtype in (np.dtype(jnp.bfloat16), np.dtype(np.float16)):
+    return np.dtype(np.float32)
+  if g.dtype == np.bool_:
+    return np.dtype(np.int32)
+  return None
+
+
+def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
+  """Computes the convolution described by `g` by im2col; layouts as the user gave them."""
+  if g.is_empty:
+    return jnp.zeros(g.out_shape, g.out_dtype)
+  nd, fgc, bgc = g.ndim, g.feature_group_count, g.batch_group_count
+  cdt = _compute_dtype(g)
+  x = jnp.transpose(lhs, g.lhs_to_channels_last).astype(cdt)  # (N, *S, C)
+  w = jnp.transpose(rhs, g.rhs_to_channels_last).astype(cdt)  # (*K, I, O)
+  taps, cin_g = math.prod(g.kernel), g.group_in_features
+  out_g = g.out_features // (fgc * bgc)
+  # Kernel (K, I, G, B, O/(G*B)): one of G and B is 1, so output features stay group-major.
+  w = w.reshape(taps, cin_g, fgc, bgc, out_g)
+  # Examples (N_out, B, *S, C): lax splits the batch group-major.
+  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
+
+  padded, out = g.padded_spatial, g.out_spatial
+  index = im2col_indices(padded, out, g.kernel, g.strides, g.rhs_dilation)
+  rows = index.shape[0]
+  pad_config = [(0, 0, 0)] + [
+      (lo, hi, ld - 1) for (lo, hi), ld in zip(g.padding, g.lhs_dilation)
+  ] + [(0, 0, 0)]
+  acc = _accumulate_dtype(g)
+
+  def gemm(xf: jax.Array, idx: jax.Array) -> jax.Array:
+    # xf: (B, P, C), one flat padded example; idx: (m, K) -> (m, O)
+    m = idx.shape[0]
+    if bgc == 1 and fgc == 1:  # the common case: one plain GEMM, no group axes for XLA to move
+      patches = xf[0].at[idx].get(mode="promise_in_bounds").reshape(m, taps * cin_g)
+      kernel = w.reshape(taps * cin_g, g.out_features)
+      return jnp.dot(patches, kernel, precision=g.precision, preferred_element_type=acc)
+    patches = xf.at[:, idx].get(mode="promise_in_bounds")  # (B, m, K, C)
+    patches = patches.reshape(bgc, m, taps, fgc, cin_g)
+    chex.assert_shape(patches, (bgc, m, taps, fgc, cin_g))
+    y = jnp.einsum(
+        "bmkgc,kcgbo->mgbo", patches, w, precision=g.precision, preferred_element_type=acc
+    )
+    return y.reshape(m, g.out_features)
+
+  per_row = bgc * taps * g.in_features * np.dtype(cdt).itemsize  # patch bytes per output row
+  budget = patch_budget()
+  block = max(1, min(rows, budget // max(per_row, 1)))
+  n_blocks = -(-rows // block)
+  if n_blocks > 1:
+    # One example alone exceeds the budget: walk over blocks of output positions.
+    pad_rows = n_blocks * block - rows
+    index_blocks = np.concatenate([index, np.zeros((pad_rows, taps), index.dtype)]).reshape(
+        n_blocks, block, taps
+    )
+
+  def one_example(xe: jax.Array) -> jax.Array:
+    xe = lax.pad(xe, jnp.zeros((), xe.dtype), pad_config)
+    chex.assert_shape(xe, (bgc, *padded, g.in_features))
+    xf = xe.reshape(bgc, math.prod(padded), g.in_features)
+    if n_blocks == 1:
+      y = gemm(xf, jnp.asarray(index))
+    else:
+      y = lax.map(lambda idx: gemm(xf, idx), jnp.asarray(index_blocks))
+      y = y.reshape(n_blocks * block, g.out_features)[:rows]
+    return y.reshape(*out, g.out_features)
+
+  examples_per_chunk = max(1, budget // max(per_row * rows, 1))
+  if examples_per_chunk >= g.out_batch:
+    y = jax.vmap(one_example)(x)
+  else:
+    y = lax.map(one_example, x, batch_size=examples_per_chunk)
+  chex.assert_shape(y, (g.out_batch, *out, g.out_features))
+  y = jnp.transpose(y, g.channels_last_to_out)
+  if g.dtype == np.bool_ and g.preferred_element_type is None:
+    return y != 0
+  return y.astype(g.out_dtype)
