@@ -235,3 +235,23 @@ def test_seed_example():
   assert jaxconv.plan(images, kernel, (1, 1), "VALID", dimension_numbers=dn).algorithm == "im2col"
   assert out.shape == (8, 148, 148, 16)
   assert rel_err(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("runs", [True, False], ids=["contiguous-runs", "per-tap"])
+@pytest.mark.parametrize(
+    "strides,padding,rhs_dil,fgc",
+    [((1, 1), "SAME", (1, 1), 1), ((2, 3), ((2, 1), (-1, 2)), (2, 1), 1), ((1, 2), "VALID", (1, 1), 3)],
+    ids=str,
+)
+def test_both_gather_forms(runs, strides, padding, rhs_dil, fgc, monkeypatch):
+  from jaxconv import _im2col
+  from jaxconv._geometry import normalize
+
+  monkeypatch.setattr(_im2col, "RUN_MAX_FEATURES", 10**6 if runs else 0)
+  rng = rng_for(f"forms{strides}{padding}{rhs_dil}{fgc}")
+  x, w = random_array(rng, (2, 9, 11, 6), np.float32), random_array(rng, (3, 4, 6 // fgc, 6), np.float32)
+  kw = dict(window_strides=strides, padding=padding, rhs_dilation=rhs_dil,
+            dimension_numbers=LAYOUTS_2D[1], feature_group_count=fgc, precision=HIGHEST)
+  g = normalize(x, w, **kw)
+  out = jax.jit(lambda x, w: _im2col.im2col(x, w, g))(x, w)
+  assert rel_err(out, lax.conv_general_dilated(x, w, **kw)) < 1e-5
