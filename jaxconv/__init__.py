@@ -17,12 +17,12 @@ except PackageNotFoundError:  # running from a source tree
   __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "ALGORITHMS",
-    "ConvGeneralDilated",
-    "ConvGeometry",
-    "Plan",
-    "conv_general_dilated",
-    "patch_budget",
-    "plan",
-    "set_patch_budget",
+  "ALGORITHMS",
+  "ConvGeneralDilated",
+  "ConvGeometry",
+  "Plan",
+  "conv_general_dilated",
+  "patch_budget",
+  "plan",
+  "set_patch_budget",
 ]

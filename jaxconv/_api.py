@@ -13,15 +13,20 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jaxconv._geometry import ConvGeometry, normalize
 from jaxconv._im2col import im2col
-from jaxconv._select import Plan, choose
+from jaxconv._select import Plan, check_algorithm, choose
+from jaxconv._winograd import winograd
 
 __all__ = ["ConvGeneralDilated", "conv_general_dilated", "plan"]
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _run(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, algorithm: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _run(
+  lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, algorithm: str, tile: tuple[int, ...] | None
+) -> jax.Array:
   if algorithm == "im2col":
     return im2col(lhs, rhs, g)
+  if algorithm == "winograd":
+    return winograd(lhs, rhs, g, tile)
   raise AssertionError(f"no implementation registered for {algorithm!r}")
 
 
@@ -31,20 +36,20 @@ _run_lax = lax.conv_general_dilated
 
 
 def plan(
-    lhs: ArrayLike,
-    rhs: ArrayLike,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
-    *,
-    algorithm: str = "auto",
+  lhs: ArrayLike,
+  rhs: ArrayLike,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: DTypeLike | None = None,
+  out_sharding: Any = None,
+  *,
+  algorithm: str = "auto",
 ) -> Plan:
   """Says what `conv_general_dilated` would do with these arguments, computing nothing.
 
@@ -67,27 +72,36 @@ def plan(
   """
   del out_sharding  # does not change what is computed
   g = normalize(
-      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count, precision, preferred_element_type,
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
   )
   return choose(g, algorithm)
 
 
 def conv_general_dilated(
-    lhs: ArrayLike,
-    rhs: ArrayLike,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
-    *,
-    algorithm: str = "auto",
+  lhs: ArrayLike,
+  rhs: ArrayLike,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: DTypeLike | None = None,
+  out_sharding: Any = None,
+  *,
+  algorithm: str = "auto",
 ) -> jax.Array:
   """General n-dimensional convolution: a drop-in for `jax.lax.conv_general_dilated`.
 
@@ -108,7 +122,8 @@ def conv_general_dilated(
     precision: as in lax: None, a `lax.Precision`, a string, or a pair.
     preferred_element_type: accumulation and result dtype, or None.
     out_sharding: output sharding (a `NamedSharding` or `PartitionSpec`), or None.
-    algorithm: "auto" (see `plan`), "lax", "im2col" or "winograd".
+    algorithm: "auto" (see `plan`), "lax", "im2col", "winograd" (tile size chosen), or
+      "winograd2", "winograd4", "winograd6" (output tile size m forced).
 
   Returns:
     The convolution, as `jax.lax.conv_general_dilated` returns it.
@@ -132,17 +147,35 @@ def conv_general_dilated(
     ((2, 16, 16, 8), True)
   """
   p = plan(
-      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count, precision, preferred_element_type,
-      algorithm=algorithm,
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    algorithm=algorithm,
   )
   if p.algorithm == "lax":
     return _run_lax(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type,
-        out_sharding=out_sharding,
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      batch_group_count,
+      precision,
+      preferred_element_type,
+      out_sharding=out_sharding,
     )
-  out = _run(lhs, rhs, p.geometry, p.algorithm)
+  out = _run(lhs, rhs, p.geometry, p.algorithm, p.tile)
   if out_sharding is not None:
     out = jax.sharding.reshard(out, out_sharding)
   return out
@@ -168,31 +201,35 @@ class ConvGeneralDilated:
   algorithm: str = "auto"
 
   def __post_init__(self):
-    choose_check = self.algorithm  # validated eagerly: a typo should fail at construction
-    from jaxconv._select import ALGORITHMS
-
-    if not isinstance(choose_check, str) or choose_check not in ALGORITHMS:
-      raise (TypeError if not isinstance(choose_check, str) else ValueError)(
-          f"`algorithm` must be one of {ALGORITHMS}, got {choose_check!r}."
-      )
+    check_algorithm(self.algorithm)  # a typo fails at construction, not at the first call
 
   def __call__(
-      self,
-      lhs: ArrayLike,
-      rhs: ArrayLike,
-      window_strides: Sequence[int],
-      padding: str | Sequence[tuple[int, int]],
-      lhs_dilation: Sequence[int] | None = None,
-      rhs_dilation: Sequence[int] | None = None,
-      dimension_numbers: Any = None,
-      feature_group_count: int = 1,
-      batch_group_count: int = 1,
-      precision: Any = None,
-      preferred_element_type: DTypeLike | None = None,
-      out_sharding: Any = None,
+    self,
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: Any = None,
   ) -> jax.Array:
     return conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type,
-        out_sharding, algorithm=self.algorithm,
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      batch_group_count,
+      precision,
+      preferred_element_type,
+      out_sharding,
+      algorithm=self.algorithm,
     )

@@ -28,10 +28,10 @@ def _demo(args: argparse.Namespace) -> int:
   print(f"input {images.shape}, kernel {kernel.shape}, VALID -> {p.out_shape}")
   print(f"auto picks {p.algorithm!r}: {p.reason}")
   fns = {
-      "lax": lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "VALID", **kw),
-      "im2col": lambda x, k: jaxconv.conv_general_dilated(
-          x, k, (1, 1), "VALID", **kw, algorithm="im2col"
-      ),
+    "lax": lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "VALID", **kw),
+    "im2col": lambda x, k: jaxconv.conv_general_dilated(
+      x, k, (1, 1), "VALID", **kw, algorithm="im2col"
+    ),
   }
   ref = np.asarray(fns["lax"](images, kernel), np.float64)
   times = interleaved_medians(list(fns.values()), [images, kernel], rounds=args.rounds)

@@ -1,16 +1,17 @@
 """One immutable description of a convolution, built once from lax-style arguments.
 
-Every entry point (`conv_general_dilated`, `plan`, the algorithms) consumes a `ConvGeometry` and never
-re-parses user arguments. `normalize` validates in the order `jax.lax.conv_general_dilated` does and
-raises the same exception types (ValueError for shape rules, TypeError for malformed arguments), with
-messages naming the argument and its value. As a last line of defence it asks lax itself for the
-result's shape and dtype (`jax.eval_shape`, no computation), so a call lax rejects is rejected here too
-and a call lax accepts gets exactly lax's output shape and dtype.
+Every entry point (`conv_general_dilated`, `plan`, the algorithms) consumes a `ConvGeometry` and
+never re-parses user arguments. `normalize` validates in the order `jax.lax.conv_general_dilated`
+does and raises the same exception types (ValueError for shape rules, TypeError for malformed
+arguments), with messages naming the argument and its value. As a last line of defence it asks lax
+itself for the result's shape and dtype (`jax.eval_shape`, no computation), so a call lax rejects
+is rejected here too and a call lax accepts gets exactly lax's output shape and dtype.
 
-The geometry is stored in a canonical, layout-free form: batch, feature and spatial sizes in the order
-of the kernel's spatial dimensions (the order in which `window_strides` and `padding` are given).
-Algorithms work channels-last, `(N, *spatial, C)` for the input, `(*kernel, I, O)` for the kernel and
-`(N, *spatial, O)` for the output; the permutations to and from the user's layout live here too.
+The geometry is stored in a canonical, layout-free form: batch, feature and spatial sizes in the
+order of the kernel's spatial dimensions (the order in which `window_strides` and `padding` are
+given). Algorithms work channels-last, `(N, *spatial, C)` for the input, `(*kernel, I, O)` for the
+kernel and `(N, *spatial, O)` for the output; the permutations to and from the user's layout live
+here too.
 """
 
 from __future__ import annotations
@@ -110,16 +111,14 @@ class ConvGeometry:
   def padded_spatial(self) -> tuple[int, ...]:
     """Input spatial sizes after lhs dilation and padding: the grid the windows slide over."""
     return tuple(
-        ((s - 1) * ld + 1 if s else 0) + lo + hi
-        for s, ld, (lo, hi) in zip(self.in_spatial, self.lhs_dilation, self.padding)
+      ((s - 1) * ld + 1 if s else 0) + lo + hi
+      for s, ld, (lo, hi) in zip(self.in_spatial, self.lhs_dilation, self.padding)
     )
 
   @property
   def flops(self) -> int:
     """Real multiply-adds x 2 of the direct convolution (complex counts 4 real products)."""
-    macs = (
-        math.prod(self.out_shape) * math.prod(self.kernel) * self.group_in_features
-    )
+    macs = math.prod(self.out_shape) * math.prod(self.kernel) * self.group_in_features
     scale = 4 if np.issubdtype(self.dtype, np.complexfloating) else 1
     return 2 * macs * scale
 
@@ -155,18 +154,18 @@ class ConvGeometry:
 def _int_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
   if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
     raise TypeError(
-        f"conv_general_dilated `{name}` must be a sequence of {ndim} integers, got {value!r}."
+      f"conv_general_dilated `{name}` must be a sequence of {ndim} integers, got {value!r}."
     )
   try:
     out = tuple(operator.index(v) for v in value)
   except TypeError as e:
     raise TypeError(
-        f"conv_general_dilated `{name}` must be a sequence of integers, got {value!r}."
+      f"conv_general_dilated `{name}` must be a sequence of integers, got {value!r}."
     ) from e
   if len(out) != ndim:
     raise ValueError(
-        f"conv_general_dilated `{name}` must have one entry per spatial dimension ({ndim}), "
-        f"got {len(out)}: {value!r}."
+      f"conv_general_dilated `{name}` must have one entry per spatial dimension ({ndim}), "
+      f"got {len(out)}: {value!r}."
     )
   return out
 
@@ -193,24 +192,24 @@ def _shape_of(name: str, x: Any) -> tuple[tuple[int, ...], np.dtype]:
   dtype = getattr(x, "dtype", None)
   if shape is None or dtype is None:
     raise TypeError(
-        f"conv_general_dilated `{name}` must be an array with a shape and dtype, got "
-        f"{type(x).__name__}."
+      f"conv_general_dilated `{name}` must be an array with a shape and dtype, got "
+      f"{type(x).__name__}."
     )
   return tuple(shape), np.dtype(dtype)
 
 
 def normalize(
-    lhs: Any,
-    rhs: Any,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+  lhs: Any,
+  rhs: Any,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: Any = None,
 ) -> ConvGeometry:
   """Validates `jax.lax.conv_general_dilated` arguments into a `ConvGeometry`.
 
@@ -243,10 +242,19 @@ def normalize(
   if isinstance(dimension_numbers, list):
     dimension_numbers = tuple(dimension_numbers)
   key = (
-      lhs_shape, lhs_dtype, rhs_shape, rhs_dtype,
-      _freeze(window_strides), padding, _freeze(lhs_dilation), _freeze(rhs_dilation),
-      dimension_numbers, feature_group_count, batch_group_count,
-      _hashable_precision(precision), preferred_element_type,
+    lhs_shape,
+    lhs_dtype,
+    rhs_shape,
+    rhs_dtype,
+    _freeze(window_strides),
+    padding,
+    _freeze(lhs_dilation),
+    _freeze(rhs_dilation),
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    _hashable_precision(precision),
+    preferred_element_type,
   )
   try:
     hash(key)
@@ -262,14 +270,23 @@ def _freeze(value: Any) -> Any:
 
 
 def _normalize(
-    lhs_shape, lhs_dtype, rhs_shape, rhs_dtype, window_strides, padding, lhs_dilation,
-    rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
-    preferred_element_type,
+  lhs_shape,
+  lhs_dtype,
+  rhs_shape,
+  rhs_dtype,
+  window_strides,
+  padding,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  feature_group_count,
+  batch_group_count,
+  precision,
+  preferred_element_type,
 ) -> ConvGeometry:
   if len(lhs_shape) < 2:
     raise RankError(
-        f"conv_general_dilated `lhs` must have rank >= 2 (batch and feature), got shape "
-        f"{lhs_shape}."
+      f"conv_general_dilated `lhs` must have rank >= 2 (batch and feature), got shape {lhs_shape}."
     )
   # lax's own parser names the offending element of `dimension_numbers` precisely.
   dnums = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
@@ -277,7 +294,7 @@ def _normalize(
   strides = _int_tuple("window_strides", window_strides, ndim)
   if any(s <= 0 for s in strides):
     raise ValueError(
-        f"conv_general_dilated `window_strides` must be positive, got {tuple(strides)}."
+      f"conv_general_dilated `window_strides` must be positive, got {tuple(strides)}."
     )
   lhs_dil = (1,) * ndim if lhs_dilation is None else _int_tuple("lhs_dilation", lhs_dilation, ndim)
   rhs_dil = (1,) * ndim if rhs_dilation is None else _int_tuple("rhs_dilation", rhs_dilation, ndim)
@@ -293,20 +310,20 @@ def _normalize(
   if any(k == 0 for k in kernel):
     # XLA's verifier rejects an empty window when lax lowers it, as a ValueError.
     raise ValueError(
-        f"conv_general_dilated: every spatial dimension of `rhs` must be positive, got kernel "
-        f"size {kernel} (rhs shape {rhs_shape})."
+      f"conv_general_dilated: every spatial dimension of `rhs` must be positive, got kernel "
+      f"size {kernel} (rhs shape {rhs_shape})."
     )
   if isinstance(padding, str):
     if any(d != 1 for d in lhs_dil):
       raise ValueError(
-          f"conv_general_dilated: string `padding` ({padding!r}) is not implemented for "
-          f"transposed convolution (`lhs_dilation`={lhs_dil}); give explicit (low, high) pairs "
-          "or use jax.lax.conv_transpose."
+        f"conv_general_dilated: string `padding` ({padding!r}) is not implemented for "
+        f"transposed convolution (`lhs_dilation`={lhs_dil}); give explicit (low, high) pairs "
+        "or use jax.lax.conv_transpose."
       )
     if padding.upper() not in ("SAME", "SAME_LOWER", "VALID"):
       raise PaddingError(
-          f"conv_general_dilated `padding` must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence "
-          f"of (low, high) pairs, got {padding!r}."
+        f"conv_general_dilated `padding` must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence "
+        f"of (low, high) pairs, got {padding!r}."
       )
     dilated = [(k - 1) * d + 1 if k else 0 for k, d in zip(kernel, rhs_dil)]
     pads = tuple(tuple(p) for p in lax.padtype_to_pads(in_spatial, dilated, strides, padding))
@@ -315,78 +332,95 @@ def _normalize(
       pads = tuple((operator.index(lo), operator.index(hi)) for lo, hi in padding)
     except (ValueError, TypeError) as e:
       raise ValueError(
-          "conv_general_dilated `padding` must be a string or a sequence of (low, high) integer "
-          f"pairs, got {padding!r}."
+        "conv_general_dilated `padding` must be a string or a sequence of (low, high) integer "
+        f"pairs, got {padding!r}."
       ) from e
     if len(pads) != ndim:
       raise TypeError(
-          f"conv_general_dilated `padding` must have one (low, high) pair per spatial dimension "
-          f"({ndim}), got {len(pads)}: {padding!r}."
+        f"conv_general_dilated `padding` must have one (low, high) pair per spatial dimension "
+        f"({ndim}), got {len(pads)}: {padding!r}."
       )
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
 
   if lhs_dtype != rhs_dtype:
     raise TypeError(
-        "conv_general_dilated requires `lhs` and `rhs` to have the same dtype, got "
-        f"{lhs_dtype} and {rhs_dtype}."
+      "conv_general_dilated requires `lhs` and `rhs` to have the same dtype, got "
+      f"{lhs_dtype} and {rhs_dtype}."
     )
   in_features = lhs_shape[dnums.lhs_spec[1]]
   if in_features % fgc:
     raise ValueError(
-        f"conv_general_dilated `feature_group_count` (={fgc}) must divide the lhs feature "
-        f"dimension (={in_features})."
+      f"conv_general_dilated `feature_group_count` (={fgc}) must divide the lhs feature "
+      f"dimension (={in_features})."
     )
   rhs_in = rhs_shape[dnums.rhs_spec[1]]
   if in_features // fgc != rhs_in:
     raise ValueError(
-        f"conv_general_dilated: lhs features (={in_features}) divided by `feature_group_count` "
-        f"(={fgc}) must equal the rhs input feature dimension (={rhs_in})."
+      f"conv_general_dilated: lhs features (={in_features}) divided by `feature_group_count` "
+      f"(={fgc}) must equal the rhs input feature dimension (={rhs_in})."
     )
   out_features = rhs_shape[dnums.rhs_spec[0]]
   for name, count in (("feature_group_count", fgc), ("batch_group_count", bgc)):
     if out_features % count:
       raise ValueError(
-          f"conv_general_dilated: the rhs output feature dimension (={out_features}) must be a "
-          f"multiple of `{name}` (={count})."
+        f"conv_general_dilated: the rhs output feature dimension (={out_features}) must be a "
+        f"multiple of `{name}` (={count})."
       )
   batch = lhs_shape[dnums.lhs_spec[0]]
   if bgc > 1 and batch % bgc:
     raise ValueError(
-        f"conv_general_dilated `batch_group_count` (={bgc}) must divide the lhs batch dimension "
-        f"(={batch})."
+      f"conv_general_dilated `batch_group_count` (={bgc}) must divide the lhs batch dimension "
+      f"(={batch})."
     )
   if bgc > 1 and fgc > 1:
     raise ValueError(
-        "conv_general_dilated: at most one of `batch_group_count` and `feature_group_count` may "
-        f"be > 1, got {bgc} and {fgc}."
+      "conv_general_dilated: at most one of `batch_group_count` and `feature_group_count` may "
+      f"be > 1, got {bgc} and {fgc}."
     )
   for d, (s, ld, (lo, hi)) in enumerate(zip(in_spatial, lhs_dil, pads)):
     if ((s - 1) * ld + 1 if s else 0) + lo + hi < 0:
       raise ValueError(
-          f"conv_general_dilated: negative `padding` {pads[d]} is larger than spatial dimension "
-          f"{d} of lhs (size {s}, lhs_dilation {ld})."
+        f"conv_general_dilated: negative `padding` {pads[d]} is larger than spatial dimension "
+        f"{d} of lhs (size {s}, lhs_dilation {ld})."
       )
 
   # lax has the last word on shape and dtype (and on `precision`/`preferred_element_type`).
   out = jax.eval_shape(
-      functools.partial(
-          lax.conv_general_dilated,
-          window_strides=strides, padding=pads, lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
-          dimension_numbers=dnums, feature_group_count=fgc, batch_group_count=bgc,
-          precision=precision, preferred_element_type=preferred_element_type,
-      ),
-      jax.ShapeDtypeStruct(lhs_shape, lhs_dtype),
-      jax.ShapeDtypeStruct(rhs_shape, rhs_dtype),
+    functools.partial(
+      lax.conv_general_dilated,
+      window_strides=strides,
+      padding=pads,
+      lhs_dilation=lhs_dil,
+      rhs_dilation=rhs_dil,
+      dimension_numbers=dnums,
+      feature_group_count=fgc,
+      batch_group_count=bgc,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    ),
+    jax.ShapeDtypeStruct(lhs_shape, lhs_dtype),
+    jax.ShapeDtypeStruct(rhs_shape, rhs_dtype),
   )
   return ConvGeometry(
-      batch=batch, in_features=in_features, in_spatial=in_spatial, out_features=out_features,
-      kernel=kernel, strides=strides, padding=pads, lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
-      feature_group_count=fgc, batch_group_count=bgc, dimension_numbers=dnums,
-      dtype=lhs_dtype, out_dtype=np.dtype(out.dtype), precision=precision,
-      preferred_element_type=(
-          None if preferred_element_type is None else np.dtype(preferred_element_type)
-      ),
-      out_shape=tuple(out.shape),
+    batch=batch,
+    in_features=in_features,
+    in_spatial=in_spatial,
+    out_features=out_features,
+    kernel=kernel,
+    strides=strides,
+    padding=pads,
+    lhs_dilation=lhs_dil,
+    rhs_dilation=rhs_dil,
+    feature_group_count=fgc,
+    batch_group_count=bgc,
+    dimension_numbers=dnums,
+    dtype=lhs_dtype,
+    out_dtype=np.dtype(out.dtype),
+    precision=precision,
+    preferred_element_type=(
+      None if preferred_element_type is None else np.dtype(preferred_element_type)
+    ),
+    out_shape=tuple(out.shape),
   )
 
 

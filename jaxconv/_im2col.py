@@ -2,14 +2,14 @@
 
 For one example with channels-last input ``x`` of spatial shape ``S`` and ``C`` features, the input
 is first dilated and padded (`lax.pad` with interior padding does both, and negative padding crops).
-Output position ``o`` and kernel tap ``k`` read the padded input at ``o * stride + k * rhs_dilation``
-in every spatial dimension; flattening both gives one integer matrix ``index[M, K]`` (``M`` output
-positions, ``K`` taps) that depends only on the static geometry, so it is built once in numpy and
-cached. The gather ``x_flat[index]`` is the patch matrix ``(M, K, C)`` and the convolution is the
-contraction ``patches[m, k, c] * kernel[k, c, o]``: one GEMM with ``K * C`` as the inner dimension
-(a batched GEMM over groups when `feature_group_count` or `batch_group_count` > 1). The result is
-exact in the sense that it performs the same products as the direct convolution, only summed in a
-different order. The per-example computation is vmapped over the batch.
+Output position ``o`` and kernel tap ``k`` read the padded input at ``o * stride + k *
+rhs_dilation`` in every spatial dimension; flattening both gives one integer matrix ``index[M, K]``
+(``M`` output positions, ``K`` taps) that depends only on the static geometry, so it is built once
+in numpy and cached. The gather ``x_flat[index]`` is the patch matrix ``(M, K, C)`` and the
+convolution is the contraction ``patches[m, k, c] * kernel[k, c, o]``: one GEMM with ``K * C`` as
+the inner dimension (a batched GEMM over groups when `feature_group_count` or `batch_group_count` >
+1). The result is exact in the sense that it performs the same products as the direct convolution,
+only summed in a different order. The per-example computation is vmapped over the batch.
 
 The patch matrix is ``K`` times larger than the input. When it would exceed `patch_budget()` bytes,
 the work is split: first over examples (`lax.map` with a batch size), then, when one example alone
@@ -33,7 +33,7 @@ from jax import lax
 
 from jaxconv._geometry import ConvGeometry
 
-__all__ = ["im2col", "im2col_indices", "patch_budget", "set_patch_budget", "patch_bytes"]
+__all__ = ["im2col", "im2col_indices", "patch_budget", "patch_bytes", "set_patch_budget"]
 
 _DEFAULT_BUDGET = 1 << 30
 RUN_MAX_FEATURES = 8
@@ -70,33 +70,33 @@ def _compute_itemsize(g: ConvGeometry) -> int:
 def patch_bytes(g: ConvGeometry) -> int:
   """Bytes of the full patch matrix for the whole batch."""
   return (
-      g.batch * math.prod(g.out_spatial) * math.prod(g.kernel) * g.in_features
-      * _compute_itemsize(g)
+    g.batch * math.prod(g.out_spatial) * math.prod(g.kernel) * g.in_features * _compute_itemsize(g)
   )
 
 
 @functools.lru_cache(maxsize=256)
 def im2col_indices(
-    padded: tuple[int, ...],
-    out: tuple[int, ...],
-    kernel: tuple[int, ...],
-    strides: tuple[int, ...],
-    rhs_dilation: tuple[int, ...],
+  padded: tuple[int, ...],
+  out: tuple[int, ...],
+  kernel: tuple[int, ...],
+  strides: tuple[int, ...],
+  rhs_dilation: tuple[int, ...],
 ) -> np.ndarray:
   """Flat gather indices ``(prod(out), prod(kernel))`` into the padded input grid.
 
   Cached per static geometry (a bounded LRU): building them is numpy work done at trace time.
   """
-  flat_strides = np.cumprod((1,) + padded[:0:-1])[::-1]
+  flat_strides = np.cumprod((1, *padded[:0:-1]))[::-1]
   index = np.zeros((1,) * (2 * len(out)), dtype=np.int64)
   for d, (o, k, s, r, fs) in enumerate(zip(out, kernel, strides, rhs_dilation, flat_strides)):
     shape_o = [1] * len(out)
     shape_o[d] = o
     shape_k = [1] * len(out)
     shape_k[d] = k
-    pos = np.arange(o).reshape(shape_o + [1] * len(out)) * s + np.arange(k).reshape(
-        [1] * len(out) + shape_k
-    ) * r
+    pos = (
+      np.arange(o).reshape(shape_o + [1] * len(out)) * s
+      + np.arange(k).reshape([1] * len(out) + shape_k) * r
+    )
     index = index + pos * int(fs)
   index = index.reshape(math.prod(out), math.prod(kernel))
   dtype = np.int32 if math.prod(padded) < 2**31 else np.int64
@@ -140,13 +140,15 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
 
   padded, out = g.padded_spatial, g.out_spatial
   index = im2col_indices(padded, out, g.kernel, g.strides, g.rhs_dilation)
-  pad_config = [(0, 0, 0)] + [
-      (lo, hi, ld - 1) for (lo, hi), ld in zip(g.padding, g.lhs_dilation)
-  ] + [(0, 0, 0)]
+  pad_config = (
+    [(0, 0, 0)]
+    + [(lo, hi, ld - 1) for (lo, hi), ld in zip(g.padding, g.lhs_dilation)]
+    + [(0, 0, 0)]
+  )
   acc = _accumulate_dtype(g)
 
   # Along the last spatial dimension, with no kernel dilation there, the taps of one window are
-  # contiguous in the flat channels-last input: gather runs of kw*C elements instead of kw runs of C.
+  # contiguous in the flat channels-last input: gather runs of kw*C elements, not kw runs of C.
   # Fewer, longer slices pay off when C is small (measured: RGB-like inputs), not when it is large.
   kw = g.kernel[-1] if nd else 1
   use_runs = nd > 0 and kw > 1 and g.rhs_dilation[-1] == 1 and g.in_features <= RUN_MAX_FEATURES
@@ -161,12 +163,12 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
     if not use_runs:
       return xf.at[:, idx].get(mode="promise_in_bounds").reshape(bgc, m, taps * g.in_features)
     dnums = lax.GatherDimensionNumbers(
-        offset_dims=(2,), collapsed_slice_dims=(), start_index_map=(0,)
+      offset_dims=(2,), collapsed_slice_dims=(), start_index_map=(0,)
     )
     run = jax.vmap(
-        lambda v: lax.gather(
-            v, idx[..., None], dnums, (kw * g.in_features,), mode="promise_in_bounds"
-        )
+      lambda v: lax.gather(
+        v, idx[..., None], dnums, (kw * g.in_features,), mode="promise_in_bounds"
+      )
     )
     return run(xf.reshape(bgc, -1)).reshape(bgc, m, taps * g.in_features)
 
@@ -179,7 +181,7 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
       return jnp.dot(patches[0], kernel, precision=g.precision, preferred_element_type=acc)
     patches = patches.reshape(bgc, m, taps, fgc, cin_g)
     y = jnp.einsum(
-        "bmkgc,kcgbo->mgbo", patches, w, precision=g.precision, preferred_element_type=acc
+      "bmkgc,kcgbo->mgbo", patches, w, precision=g.precision, preferred_element_type=acc
     )
     return y.reshape(m, g.out_features)
 

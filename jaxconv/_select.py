@@ -3,26 +3,48 @@
 `choose` is the single place where an algorithm is picked: `plan` reports its answer and the entry
 point runs it, so what `plan` says is what runs. A forced algorithm that cannot handle a geometry
 raises NotImplementedError naming the reason and the algorithms that can.
+
+The `auto` rule, in order:
+
+1. Nothing to compute (empty result or no input features), a 0-D convolution or a 1x1 kernel
+   (each a plain matrix product): lax.
+2. im2col when the GEMM's inner dimension, kernel taps x input features per group, is at most
+   `IM2COL_MAX_INNER`: with few input features (an RGB stem) XLA's CPU convolution runs far below
+   its GEMM rate while one gathered GEMM does not.
+3. Winograd when it applies (1-D or 2-D, floating point, kernel 2..7 wide on some axis, stride 1 and
+   no kernel dilation) and its predicted time beats lax's by `WINOGRAD_MIN_GAIN`; the tile size m is
+   the one with the lowest predicted time among those accurate enough (`WINOGRAD_TILES`).
+4. Otherwise lax.
+
+The predictions are a three-term cost model whose rates were measured with `jaxconv bench` on the
+reference CPU (docs/benchmarks.md): GEMM work at `GEMM_RATE`, the transforms' memory traffic at
+`STREAM_RATE`, and lax's direct convolution at `LAX_RATE`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 
 import numpy as np
 
 from jaxconv._geometry import ConvGeometry
+from jaxconv._transforms import default_points
+from jaxconv._winograd import winograd_support, work_dtype
 
-__all__ = ["ALGORITHMS", "Plan", "choose"]
+__all__ = ["ALGORITHMS", "Plan", "check_algorithm", "choose"]
 
-ALGORITHMS = ("auto", "lax", "im2col", "winograd")
+WINOGRAD_TILES = (2, 4, 6)
+ALGORITHMS = ("auto", "lax", "im2col", "winograd", *(f"winograd{m}" for m in WINOGRAD_TILES))
+MAX_WINOGRAD_KERNEL = 7
 
-# im2col beats XLA's CPU convolution when the GEMM's inner dimension K*C is small (few input
-# features, e.g. an RGB stem): XLA's convolution is then far from its GEMM rate, while one
-# gathered GEMM is not. With many features XLA's convolution runs near GEMM speed and the K-fold
-# patch matrix costs more than it saves. Threshold measured with `jaxconv bench` (docs/).
 IM2COL_MAX_INNER = 64
+WINOGRAD_MIN_GAIN = 1.1
+# Measured rates (float32, 2 cores): see the module docstring.
+LAX_RATE = 100e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers
+GEMM_RATE = 90e9  # FLOP/s of the batched GEMMs of the multiplication stage
+STREAM_RATE = 6e9  # bytes/s through the input and output transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +52,13 @@ class Plan:
   """What `jaxconv.conv_general_dilated` will do for one set of arguments.
 
   Attributes:
-    algorithm: the algorithm that runs ("lax" or "im2col").
+    algorithm: the algorithm that runs: "lax", "im2col" or "winograd".
     reason: one sentence on why.
     out_shape: the result's shape.
     out_dtype: the result's dtype.
     flops: floating-point operations of the direct convolution (2 per multiply-add).
+    tile: for Winograd, the output tile size m per spatial axis; otherwise None.
+    points: for Winograd, the finite interpolation points per spatial axis; otherwise None.
     geometry: the normalised description every algorithm consumes.
   """
 
@@ -43,35 +67,95 @@ class Plan:
   out_shape: tuple[int, ...]
   out_dtype: np.dtype
   flops: int
+  tile: tuple[int, ...] | None
+  points: tuple[tuple[Fraction, ...], ...] | None
   geometry: ConvGeometry
-
-
-def _im2col_inner(g: ConvGeometry) -> int:
-  return math.prod(g.kernel) * g.group_in_features
 
 
 def _cannot(g: ConvGeometry, algorithm: str) -> str | None:
   """Why `algorithm` cannot run `g`, or None when it can."""
-  if algorithm == "winograd":
-    return "the Winograd algorithm is not available yet"
+  if algorithm.startswith("winograd"):
+    why = winograd_support(g)
+    if why is None and max(g.kernel) > MAX_WINOGRAD_KERNEL:
+      why = (
+        f"kernel size {g.kernel} exceeds {MAX_WINOGRAD_KERNEL} on some axis, where its tiles "
+        "lose too much floating-point accuracy"
+      )
+    return why
   return None
 
 
-def _auto(g: ConvGeometry) -> tuple[str, str]:
-  inner = _im2col_inner(g)
+def _winograd_seconds(g: ConvGeometry, m: int) -> float:
+  """Predicted seconds of Winograd F(m, r) on `g` (stride 1, no dilation)."""
+  ms = [m if k > 1 else 1 for k in g.kernel]
+  n_pos = math.prod(mm + k - 1 for mm, k in zip(ms, g.kernel))
+  tiles = g.batch * math.prod(-(-o // mm) for o, mm in zip(g.out_spatial, ms))
+  cin, cout = g.in_features, g.out_features
+  macs = n_pos * tiles * g.group_in_features * cout
+  itemsize = np.dtype(work_dtype(g)).itemsize
+  traffic = itemsize * (
+    n_pos * tiles * (cin + cout)  # transformed input and product
+    + math.prod(g.padded_spatial) * g.batch * cin  # input read
+    + n_pos * g.group_in_features * cout  # transformed kernel
+  )
+  return 2 * macs / GEMM_RATE + traffic / STREAM_RATE
+
+
+def _winograd_tile(g: ConvGeometry) -> int:
+  return min(WINOGRAD_TILES, key=lambda m: _winograd_seconds(g, m))
+
+
+def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:
+  inner = math.prod(g.kernel) * g.group_in_features
   if g.is_empty:
-    return "lax", "the result is empty or all zeros; there is nothing to compute"
+    return "lax", None, "the result is empty or all zeros; there is nothing to compute"
   if g.ndim == 0:
-    return "lax", "a 0-D convolution is a single matrix product that lax already emits"
-  if inner <= IM2COL_MAX_INNER and math.prod(g.kernel) > 1:
-    return "im2col", (
+    return "lax", None, "a 0-D convolution is a single matrix product that lax already emits"
+  if math.prod(g.kernel) == 1:
+    return "lax", None, "a 1x1 kernel is a plain matrix product, which lax emits as such"
+  if inner <= IM2COL_MAX_INNER:
+    return (
+      "im2col",
+      None,
+      (
         f"the GEMM inner dimension K*C = {inner} <= {IM2COL_MAX_INNER}: XLA's convolution is slow "
         "on few input features, one gathered GEMM is not"
+      ),
     )
-  return "lax", (
-      f"the GEMM inner dimension K*C = {inner} > {IM2COL_MAX_INNER}: XLA's convolution runs near "
-      "GEMM speed and the patch matrix would cost more than it saves"
+  why_not = _cannot(g, "winograd")
+  if why_not is None and max(g.strides) > 1:
+    why_not = "strided Winograd (a sum of phase convolutions) does not pay on this CPU"
+  if why_not is None and max(g.rhs_dilation) > 1:
+    why_not = "dilated Winograd (interleaved sub-grid convolutions) does not pay on this CPU"
+  if why_not is None:
+    m = _winograd_tile(g)
+    gain = (g.flops / LAX_RATE) / _winograd_seconds(g, m)
+    if gain >= WINOGRAD_MIN_GAIN:
+      return (
+        "winograd",
+        m,
+        (
+          f"Winograd F({m}, {g.kernel}) is predicted {gain:.1f}x faster than lax (cost model: "
+          "GEMM work, transform traffic)"
+        ),
+      )
+    why_not = f"Winograd's best tile (m={m}) is predicted only {gain:.2f}x faster than lax"
+  return (
+    "lax",
+    None,
+    (
+      f"the GEMM inner dimension K*C = {inner} > {IM2COL_MAX_INNER} (im2col would not pay) and "
+      f"{why_not}"
+    ),
   )
+
+
+def check_algorithm(algorithm: object) -> None:
+  """Raises TypeError or ValueError unless `algorithm` is one of `ALGORITHMS`."""
+  if not isinstance(algorithm, str):
+    raise TypeError(f"`algorithm` must be a string, one of {ALGORITHMS}, got {algorithm!r}.")
+  if algorithm not in ALGORITHMS:
+    raise ValueError(f"`algorithm` must be one of {ALGORITHMS}, got {algorithm!r}.")
 
 
 def choose(g: ConvGeometry, algorithm: str) -> Plan:
@@ -89,22 +173,32 @@ def choose(g: ConvGeometry, algorithm: str) -> Plan:
     ValueError: if `algorithm` is not a known name.
     NotImplementedError: if a forced algorithm cannot compute `g`.
   """
-  if not isinstance(algorithm, str):
-    raise TypeError(f"`algorithm` must be a string, one of {ALGORITHMS}, got {algorithm!r}.")
-  if algorithm not in ALGORITHMS:
-    raise ValueError(f"`algorithm` must be one of {ALGORITHMS}, got {algorithm!r}.")
+  check_algorithm(algorithm)
   if algorithm == "auto":
-    name, reason = _auto(g)
+    name, m, reason = _auto(g)
   else:
     why_not = _cannot(g, algorithm)
     if why_not is not None:
       able = [a for a in ALGORITHMS[1:] if _cannot(g, a) is None]
       raise NotImplementedError(
-          f"algorithm={algorithm!r} cannot compute this convolution: {why_not}. "
-          f"Algorithms that can: {', '.join(able)}."
+        f"algorithm={algorithm!r} cannot compute this convolution: {why_not}. "
+        f"Algorithms that can: {', '.join(able)}."
       )
-    name, reason = algorithm, "requested by the caller"
+    name, m, reason = algorithm, None, "requested by the caller"
+    if algorithm.startswith("winograd"):
+      name = "winograd"
+      m = int(algorithm[len("winograd") :] or 0) or _winograd_tile(g)
+  tile = points = None
+  if name == "winograd":
+    tile = tuple(m if k > 1 else 1 for k in g.kernel)
+    points = tuple(default_points(mm, k) if k > 1 else () for mm, k in zip(tile, g.kernel))
   return Plan(
-      algorithm=name, reason=reason, out_shape=g.out_shape, out_dtype=g.out_dtype,
-      flops=g.flops, geometry=g,
+    algorithm=name,
+    reason=reason,
+    out_shape=g.out_shape,
+    out_dtype=g.out_dtype,
+    flops=g.flops,
+    tile=tile,
+    points=points,
+    geometry=g,
   )

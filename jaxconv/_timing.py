@@ -12,11 +12,11 @@ __all__ = ["interleaved_medians"]
 
 
 def interleaved_medians(
-    fns: Sequence[Callable[..., jax.Array]],
-    args: Sequence[jax.Array],
-    *,
-    rounds: int = 7,
-    min_round_s: float = 0.05,
+  fns: Sequence[Callable[..., jax.Array]],
+  args: Sequence[jax.Array],
+  *,
+  rounds: int = 7,
+  min_round_s: float = 0.05,
 ) -> list[float]:
   """Median seconds per call of each function, measured in interleaved rounds.
 

@@ -50,17 +50,20 @@ def test_plan_reports_what_runs(monkeypatch):
     p.algorithm = "lax"
 
   ran = []
-  monkeypatch.setattr(jaxconv._api, "_run", lambda x, w, g, a: ran.append(a) or jax.numpy.zeros(1))
-  jaxconv.conv_general_dilated(np.zeros(x.shape, x.dtype), np.zeros(k.shape, k.dtype), (1, 1),
-                               "VALID", dimension_numbers=DN)
+  monkeypatch.setattr(
+    jaxconv._api, "_run", lambda x, w, g, a, tile: ran.append(a) or jax.numpy.zeros(1)
+  )
+  jaxconv.conv_general_dilated(
+    np.zeros(x.shape, x.dtype), np.zeros(k.shape, k.dtype), (1, 1), "VALID", dimension_numbers=DN
+  )
   assert ran == [p.algorithm]
 
 
-def test_auto_prefers_lax_on_wide_layers():
+def test_auto_prefers_lax_on_wide_pointwise_layers():
   x = jax.ShapeDtypeStruct((8, 56, 56, 64), np.float32)
-  k = jax.ShapeDtypeStruct((3, 3, 64, 64), np.float32)
+  k = jax.ShapeDtypeStruct((1, 1, 64, 64), np.float32)
   p = jaxconv.plan(x, k, (1, 1), "SAME", dimension_numbers=DN)
-  assert p.algorithm == "lax" and "K*C = 576" in p.reason
+  assert p.algorithm == "lax" and "1x1" in p.reason
 
 
 def test_forced_algorithm_is_reported():
@@ -80,7 +83,7 @@ def test_conv_general_dilated_class_is_immutable_and_flax_compatible():
   x, w = random_array(rng, (2, 9, 9, 3), np.float32), random_array(rng, (3, 3, 3, 5), np.float32)
   ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, precision="highest")
   out = jaxconv.ConvGeneralDilated("im2col")(
-      x, w, (1, 1), "SAME", dimension_numbers=DN, precision="highest", out_sharding=None
+    x, w, (1, 1), "SAME", dimension_numbers=DN, precision="highest", out_sharding=None
   )
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -92,9 +95,9 @@ def test_lax_algorithm_is_lax():
   np.testing.assert_array_equal(out, lax.conv_general_dilated(x, w, (1, 1), "SAME"))
 
 
-def test_winograd_is_not_available_yet():
-  x, w = np.zeros((1, 1, 6, 6), np.float32), np.zeros((1, 1, 3, 3), np.float32)
-  with pytest.raises(NotImplementedError, match="Winograd.*lax, im2col"):
+def test_forced_algorithm_that_cannot_names_those_that_can():
+  x, w = np.ones((1, 1, 6, 6), np.int32), np.ones((1, 1, 3, 3), np.int32)
+  with pytest.raises(NotImplementedError, match=r"int32.*Algorithms that can: lax, im2col"):
     jaxconv.conv_general_dilated(x, w, (1, 1), "VALID", algorithm="winograd")
 
 
@@ -105,10 +108,15 @@ def test_out_sharding_is_honoured(algorithm):
   x, w = random_array(rng, (2, 8, 8, 3), np.float32), random_array(rng, (3, 3, 3, 4), np.float32)
   with jax.set_mesh(mesh):
     out = jax.jit(
-        lambda x, w: jaxconv.conv_general_dilated(
-            x, w, (1, 1), "SAME", dimension_numbers=DN, out_sharding=P("batch"),
-            algorithm=algorithm,
-        )
+      lambda x, w: jaxconv.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        "SAME",
+        dimension_numbers=DN,
+        out_sharding=P("batch"),
+        algorithm=algorithm,
+      )
     )(x, w)
   assert out.sharding.spec == P("batch", None, None, None)
   check_against_lax(x, w, algorithm, window_strides=(1, 1), padding="SAME", dimension_numbers=DN)

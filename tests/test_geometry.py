@@ -17,44 +17,58 @@ W = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
 
 # (id, positional args after lhs/rhs as a dict of overrides, text the message must contain)
 BAD_CALLS = [
-    ("rank-mismatch", dict(rhs=W[0]), "ndim"),
-    ("lhs-rank-1", dict(lhs=X[0, 0, 0], rhs=W[0, 0, 0]), "rank"),
-    ("channels", dict(rhs=W[:, :2]), "rhs input feature"),
-    ("dtype-mismatch", dict(rhs=W.astype(np.float16)), "same dtype"),
-    ("strides-length", dict(window_strides=(1,)), "window_strides"),
-    ("strides-zero", dict(window_strides=(0, 1)), "window_strides"),
-    ("strides-negative", dict(window_strides=(1, -2)), "window_strides"),
-    ("strides-float", dict(window_strides=(1.5, 1)), "window_strides"),
-    ("strides-none", dict(window_strides=None), "window_strides"),
-    ("padding-unknown", dict(padding="FULL"), "padding"),
-    ("padding-count", dict(padding=[(0, 0)]), "padding"),
-    ("padding-triples", dict(padding=[(0, 0, 0), (0, 0)]), "padding"),
-    ("padding-too-negative", dict(padding=[(-6, 0), (0, 0)]), "padding"),
-    ("lhs-dilation-zero", dict(padding=[(0, 0)] * 2, lhs_dilation=(0, 1)), "lhs_dilation"),
-    ("lhs-dilation-length", dict(padding=[(0, 0)] * 2, lhs_dilation=(1,)), "lhs_dilation"),
-    ("lhs-dilation-string-padding", dict(padding="SAME", lhs_dilation=(2, 1)), "padding"),
-    ("rhs-dilation-zero", dict(rhs_dilation=(1, 0)), "rhs_dilation"),
-    ("rhs-dilation-length", dict(rhs_dilation=(1, 1, 1)), "rhs_dilation"),
-    ("layout-not-tuple", dict(dimension_numbers="NCHW"), "dimension_numbers"),
-    ("layout-length", dict(dimension_numbers=("NCHW", "OIHW")), "dimension_numbers"),
-    ("layout-chars", dict(dimension_numbers=("NCHW", "OIHW", "NCHX")), "dimension_numbers"),
-    ("layout-duplicate", dict(dimension_numbers=("NCHH", "OIHW", "NCHW")), "dimension_numbers"),
-    ("layout-missing-c", dict(dimension_numbers=("NXHW", "OIHW", "NCHW")), "dimension_numbers"),
-    ("feature-groups-zero", dict(feature_group_count=0), "feature_group_count"),
-    ("feature-groups-divide", dict(feature_group_count=2), "feature_group_count"),
-    ("feature-groups-out", dict(lhs=np.concatenate([X, X], 1), rhs=W[:3], feature_group_count=2),
-     "feature_group_count"),
-    ("batch-groups-divide", dict(batch_group_count=3, rhs=np.concatenate([W, W[:2]])),
-     "batch_group_count"),
-    ("batch-groups-out", dict(batch_group_count=2, rhs=W[:3]), "batch_group_count"),
-    ("batch-groups-negative", dict(batch_group_count=-1), "batch_group_count"),
-    ("both-groups", dict(lhs=np.concatenate([X, X], 1), rhs=np.concatenate([W, W]),
-                         feature_group_count=2, batch_group_count=2), "batch_group_count"),
-    ("kernel-empty", dict(rhs=W[:, :, :0]), "rhs"),
-    ("precision-unknown", dict(precision="fast-please"), "recision"),
-    ("precision-int", dict(precision=3), "recision"),
-    ("preferred-narrower", dict(preferred_element_type=np.float16), "preferred_element_type"),
-    ("preferred-int-for-float", dict(preferred_element_type=np.int32), "preferred_element_type"),
+  ("rank-mismatch", dict(rhs=W[0]), "ndim"),
+  ("lhs-rank-1", dict(lhs=X[0, 0, 0], rhs=W[0, 0, 0]), "rank"),
+  ("channels", dict(rhs=W[:, :2]), "rhs input feature"),
+  ("dtype-mismatch", dict(rhs=W.astype(np.float16)), "same dtype"),
+  ("strides-length", dict(window_strides=(1,)), "window_strides"),
+  ("strides-zero", dict(window_strides=(0, 1)), "window_strides"),
+  ("strides-negative", dict(window_strides=(1, -2)), "window_strides"),
+  ("strides-float", dict(window_strides=(1.5, 1)), "window_strides"),
+  ("strides-none", dict(window_strides=None), "window_strides"),
+  ("padding-unknown", dict(padding="FULL"), "padding"),
+  ("padding-count", dict(padding=[(0, 0)]), "padding"),
+  ("padding-triples", dict(padding=[(0, 0, 0), (0, 0)]), "padding"),
+  ("padding-too-negative", dict(padding=[(-6, 0), (0, 0)]), "padding"),
+  ("lhs-dilation-zero", dict(padding=[(0, 0)] * 2, lhs_dilation=(0, 1)), "lhs_dilation"),
+  ("lhs-dilation-length", dict(padding=[(0, 0)] * 2, lhs_dilation=(1,)), "lhs_dilation"),
+  ("lhs-dilation-string-padding", dict(padding="SAME", lhs_dilation=(2, 1)), "padding"),
+  ("rhs-dilation-zero", dict(rhs_dilation=(1, 0)), "rhs_dilation"),
+  ("rhs-dilation-length", dict(rhs_dilation=(1, 1, 1)), "rhs_dilation"),
+  ("layout-not-tuple", dict(dimension_numbers="NCHW"), "dimension_numbers"),
+  ("layout-length", dict(dimension_numbers=("NCHW", "OIHW")), "dimension_numbers"),
+  ("layout-chars", dict(dimension_numbers=("NCHW", "OIHW", "NCHX")), "dimension_numbers"),
+  ("layout-duplicate", dict(dimension_numbers=("NCHH", "OIHW", "NCHW")), "dimension_numbers"),
+  ("layout-missing-c", dict(dimension_numbers=("NXHW", "OIHW", "NCHW")), "dimension_numbers"),
+  ("feature-groups-zero", dict(feature_group_count=0), "feature_group_count"),
+  ("feature-groups-divide", dict(feature_group_count=2), "feature_group_count"),
+  (
+    "feature-groups-out",
+    dict(lhs=np.concatenate([X, X], 1), rhs=W[:3], feature_group_count=2),
+    "feature_group_count",
+  ),
+  (
+    "batch-groups-divide",
+    dict(batch_group_count=3, rhs=np.concatenate([W, W[:2]])),
+    "batch_group_count",
+  ),
+  ("batch-groups-out", dict(batch_group_count=2, rhs=W[:3]), "batch_group_count"),
+  ("batch-groups-negative", dict(batch_group_count=-1), "batch_group_count"),
+  (
+    "both-groups",
+    dict(
+      lhs=np.concatenate([X, X], 1),
+      rhs=np.concatenate([W, W]),
+      feature_group_count=2,
+      batch_group_count=2,
+    ),
+    "batch_group_count",
+  ),
+  ("kernel-empty", dict(rhs=W[:, :, :0]), "rhs"),
+  ("precision-unknown", dict(precision="fast-please"), "recision"),
+  ("precision-int", dict(precision=3), "recision"),
+  ("preferred-narrower", dict(preferred_element_type=np.float16), "preferred_element_type"),
+  ("preferred-int-for-float", dict(preferred_element_type=np.int32), "preferred_element_type"),
 ]
 
 
@@ -74,7 +88,9 @@ def _lax_error(overrides) -> BaseException:
   raise AssertionError("lax accepted a call the table says is bad")
 
 
-@pytest.mark.parametrize("overrides,needle", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize(
+  "overrides,needle", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS]
+)
 @pytest.mark.parametrize("algorithm", ["auto", "lax", "im2col"])
 def test_bad_input_raises_what_lax_raises(overrides, needle, algorithm, monkeypatch):
   expected = type(_lax_error(overrides))
@@ -90,8 +106,8 @@ def test_bad_input_raises_what_lax_raises(overrides, needle, algorithm, monkeypa
 
 
 @pytest.mark.parametrize(
-    "algorithm,error", [("winograd7", ValueError), ("IM2COL", ValueError), (None, TypeError),
-                        (3, TypeError)],
+  "algorithm,error",
+  [("winograd7", ValueError), ("IM2COL", ValueError), (None, TypeError), (3, TypeError)],
 )
 def test_unknown_algorithm(algorithm, error):
   with pytest.raises(error, match="algorithm"):
@@ -111,11 +127,16 @@ def test_non_array_input():
 
 
 @pytest.mark.parametrize(
-    "padding,expected",
-    [("SAME", ((1, 1), (1, 1))), ("SAME_LOWER", ((1, 1), (1, 1))), ("VALID", ((0, 0), (0, 0))),
-     ("same", ((1, 1), (1, 1))), (np.array([[1, -1], [0, 2]]), ((1, -1), (0, 2))),
-     ([[1, 2], [3, 4]], ((1, 2), (3, 4)))],
-    ids=str,
+  "padding,expected",
+  [
+    ("SAME", ((1, 1), (1, 1))),
+    ("SAME_LOWER", ((1, 1), (1, 1))),
+    ("VALID", ((0, 0), (0, 0))),
+    ("same", ((1, 1), (1, 1))),
+    (np.array([[1, -1], [0, 2]]), ((1, -1), (0, 2))),
+    ([[1, 2], [3, 4]], ((1, 2), (3, 4))),
+  ],
+  ids=str,
 )
 def test_padding_forms(padding, expected):
   g = normalize(X, W, (1, 1), padding)
@@ -129,21 +150,40 @@ def test_same_lower_puts_the_odd_pad_first():
 
 
 def test_geometry_is_canonical_and_cached():
-  g = normalize(X.transpose(0, 2, 3, 1), W.transpose(2, 3, 1, 0), [2, 1], "SAME",
-                dimension_numbers=["NHWC", "HWIO", "NHWC"], rhs_dilation=[1, 2])
-  assert (g.batch, g.in_features, g.in_spatial, g.out_features, g.kernel) == (2, 3, (5, 5), 4, (3, 3))
+  g = normalize(
+    X.transpose(0, 2, 3, 1),
+    W.transpose(2, 3, 1, 0),
+    [2, 1],
+    "SAME",
+    dimension_numbers=["NHWC", "HWIO", "NHWC"],
+    rhs_dilation=[1, 2],
+  )
+  assert (g.batch, g.in_features, g.in_spatial, g.out_features, g.kernel) == (
+    2,
+    3,
+    (5, 5),
+    4,
+    (3, 3),
+  )
   assert g.strides == (2, 1) and g.rhs_dilation == (1, 2) and g.dilated_kernel == (3, 5)
   assert g.out_shape == (2, 3, 5, 4) and g.out_spatial == (3, 5)
   assert g.padding == ((1, 1), (2, 2)) and g.padded_spatial == (7, 9)
-  assert g is normalize(X.transpose(0, 2, 3, 1), W.transpose(2, 3, 1, 0), (2, 1), "SAME",
-                        dimension_numbers=("NHWC", "HWIO", "NHWC"), rhs_dilation=(1, 2))
+  assert g is normalize(
+    X.transpose(0, 2, 3, 1),
+    W.transpose(2, 3, 1, 0),
+    (2, 1),
+    "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    rhs_dilation=(1, 2),
+  )
   with pytest.raises(AttributeError):
     g.batch = 3  # frozen
 
 
 def test_integral_float_group_count_is_accepted_like_lax():
   np.testing.assert_array_equal(
-      jaxconv.conv_general_dilated(X, W, (1, 1), "VALID", feature_group_count=1.0,
-                                   algorithm="im2col").shape,
-      lax.conv_general_dilated(X, W, (1, 1), "VALID", feature_group_count=1.0).shape,
+    jaxconv.conv_general_dilated(
+      X, W, (1, 1), "VALID", feature_group_count=1.0, algorithm="im2col"
+    ).shape,
+    lax.conv_general_dilated(X, W, (1, 1), "VALID", feature_group_count=1.0).shape,
   )

@@ -15,12 +15,12 @@ HIGHEST = lax.Precision.HIGHEST
 
 # Normwise relative error allowed against lax at HIGHEST, per dtype.
 TOLERANCE = {
-    np.dtype(np.float64): 1e-12,
-    np.dtype(np.complex128): 1e-12,
-    np.dtype(np.float32): 1e-5,
-    np.dtype(np.complex64): 1e-5,
-    np.dtype(np.float16): 5e-3,
-    np.dtype(jnp.bfloat16): 3e-2,
+  np.dtype(np.float64): 1e-12,
+  np.dtype(np.complex128): 1e-12,
+  np.dtype(np.float32): 1e-5,
+  np.dtype(np.complex64): 1e-5,
+  np.dtype(np.float16): 5e-3,
+  np.dtype(jnp.bfloat16): 3e-2,
 }
 
 

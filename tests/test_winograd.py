@@ -1,0 +1,235 @@
+"""Winograd against lax.conv_general_dilated at HIGHEST, and against float64 for accuracy."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+from tests.util import HIGHEST, check_against_lax, random_array, rel_err, rng_for
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+LAYOUTS = [("NCHW", "OIHW", "NCHW"), NHWC, ("NCHW", "HWIO", "NHWC"), ("HWNC", "IOHW", "CNHW")]
+PADDINGS = ["SAME", "SAME_LOWER", "VALID", ((1, 2), (0, -1)), ((-1, 0), (3, 1))]
+
+
+def _shape(spec, sizes):
+  return tuple(sizes[c] for c in spec)
+
+
+def _run(algorithm, lhs_shape, rhs_shape, tol=1e-4, dtype=np.float32, **kwargs):
+  rng = rng_for(f"{algorithm}{lhs_shape}{rhs_shape}{kwargs}")
+  lhs, rhs = random_array(rng, lhs_shape, dtype), random_array(rng, rhs_shape, dtype)
+  return check_against_lax(lhs, rhs, algorithm, tol=tol, **kwargs)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4", "winograd6"])
+@pytest.mark.parametrize("layout_index,padding", list(enumerate(PADDINGS)), ids=str)
+def test_tiles_layouts_paddings(algorithm, layout_index, padding):
+  layout = LAYOUTS[layout_index % len(LAYOUTS)]
+  _run(
+    algorithm,
+    _shape(layout[0], dict(N=2, C=5, H=11, W=13)),
+    _shape(layout[1], dict(O=6, I=5, H=3, W=3)),
+    window_strides=(1, 1),
+    padding=padding,
+    dimension_numbers=layout,
+  )
+
+
+@pytest.mark.parametrize(
+  "kh,kw", [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (1, 7), (7, 1), (3, 5), (2, 1)], ids=str
+)
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+def test_kernel_sizes(kh, kw, algorithm):
+  _run(
+    algorithm,
+    (2, 13, 12, 3),
+    (kh, kw, 3, 4),
+    window_strides=(1, 1),
+    padding="SAME",
+    dimension_numbers=NHWC,
+  )
+
+
+@pytest.mark.parametrize(
+  "strides,rhs_dil,lhs_dil,padding",
+  [
+    ((2, 2), (1, 1), (1, 1), "SAME"),
+    ((3, 2), (1, 1), (1, 1), "VALID"),
+    ((1, 1), (2, 2), (1, 1), "SAME"),
+    ((1, 1), (3, 2), (1, 1), ((2, 1), (0, 3))),
+    ((2, 1), (1, 2), (2, 1), ((2, -1), (0, 3))),
+    ((1, 1), (1, 1), (2, 2), ((1, 1), (2, 0))),
+  ],
+  ids=str,
+)
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+def test_strides_and_dilations(strides, rhs_dil, lhs_dil, padding, algorithm):
+  _run(
+    algorithm,
+    (2, 12, 13, 4),
+    (5, 3, 4, 5),
+    window_strides=strides,
+    padding=padding,
+    rhs_dilation=rhs_dil,
+    lhs_dilation=lhs_dil,
+    dimension_numbers=NHWC,
+  )
+
+
+@pytest.mark.parametrize(
+  "n,c,o,fgc,bgc",
+  [(2, 6, 4, 2, 1), (2, 4, 4, 4, 1), (2, 4, 8, 4, 1), (4, 3, 4, 1, 2), (6, 2, 6, 1, 3)],
+  ids=str,
+)
+def test_groups(n, c, o, fgc, bgc):
+  _run(
+    "winograd4",
+    (n, 9, 10, c),
+    (3, 3, c // fgc, o),
+    window_strides=(1, 1),
+    padding="SAME",
+    dimension_numbers=NHWC,
+    feature_group_count=fgc,
+    batch_group_count=bgc,
+  )
+
+
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4", "winograd6"])
+@pytest.mark.parametrize(
+  "strides,padding", [((1,), "SAME"), ((2,), ((3, 1),)), ((1,), "VALID")], ids=str
+)
+def test_1d(algorithm, strides, padding):
+  _run(algorithm, (2, 4, 37), (5, 4, 3), window_strides=strides, padding=padding)
+  _run(
+    algorithm,
+    (2, 37, 4),
+    (5, 4, 5),
+    window_strides=strides,
+    padding=padding,
+    dimension_numbers=("NWC", "WIO", "NWC"),
+  )
+
+
+@pytest.mark.parametrize(
+  "dtype",
+  [np.float16, jnp.bfloat16, np.float32, np.float64, np.complex64],
+  ids=lambda d: np.dtype(d).name,
+)
+def test_dtypes(dtype):
+  tol = {np.dtype(np.float64): 1e-12}.get(np.dtype(dtype))
+  _run(
+    "winograd4",
+    (2, 10, 9, 4),
+    (3, 3, 4, 5),
+    tol=tol,
+    dtype=dtype,
+    window_strides=(1, 1),
+    padding="SAME",
+    dimension_numbers=NHWC,
+  )
+
+
+@pytest.mark.parametrize("preferred", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_preferred_element_type(preferred):
+  _run(
+    "winograd4",
+    (2, 10, 9, 4),
+    (3, 3, 4, 5),
+    dtype=jnp.bfloat16,
+    tol=3e-2,
+    window_strides=(1, 1),
+    padding="SAME",
+    dimension_numbers=NHWC,
+    preferred_element_type=preferred,
+  )
+
+
+@pytest.mark.parametrize(
+  "lhs_shape,rhs_shape,kwargs,why",
+  [
+    ((1, 2, 5, 5, 5), (2, 2, 3, 3, 3), {}, "3-D"),
+    ((1, 2, 6, 6), (2, 2, 3, 3), {"rhs_dilation": (2, 1), "window_strides": (2, 1)}, "stride"),
+    ((1, 2, 12, 12), (2, 2, 9, 9), {}, "kernel size"),
+    ((1, 2, 6, 6), (2, 2, 3, 3), {"dtype": np.int32}, "int32"),
+  ],
+  ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_unsupported_cases_raise(lhs_shape, rhs_shape, kwargs, why):
+  kwargs = dict(kwargs)
+  dtype = kwargs.pop("dtype", np.float32)
+  nd = len(lhs_shape) - 2
+  kwargs.setdefault("window_strides", (1,) * nd)
+  x, w = np.ones(lhs_shape, dtype), np.ones(rhs_shape, dtype)
+  with pytest.raises(NotImplementedError, match=f"{why}.*Algorithms that can: lax, im2col"):
+    jaxconv.conv_general_dilated(x, w, padding="VALID", **kwargs, algorithm="winograd")
+
+
+def test_plan_reports_tile_and_points():
+  x = jax.ShapeDtypeStruct((8, 56, 56, 64), np.float32)
+  k = jax.ShapeDtypeStruct((1, 3, 64, 64), np.float32)
+  p = jaxconv.plan(x, k, (1, 1), "SAME", dimension_numbers=NHWC, algorithm="winograd4")
+  assert p.algorithm == "winograd" and p.tile == (1, 4)
+  assert p.points[0] == () and len(p.points[1]) == 4 + 3 - 2
+
+
+def test_jit_vmap_grad():
+  rng = rng_for("winograd-transforms")
+  x, w = random_array(rng, (3, 2, 9, 9, 3), np.float32), random_array(rng, (3, 3, 3, 4), np.float32)
+
+  def conv(algorithm):
+    return lambda x, w: jaxconv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=NHWC, precision=HIGHEST, algorithm=algorithm
+    )
+
+  ours, ref = conv("winograd4"), conv("lax")
+  assert rel_err(jax.jit(jax.vmap(ours, (0, None)))(x, w), jax.vmap(ref, (0, None))(x, w)) < 1e-5
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x[0], w)))
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    assert rel_err(a, b) < 1e-5
+
+
+# Accuracy against a float64 reference: error of F(m, 3) over direct convolution's error, both in
+# float32. Bounds from docs/accuracy.md (measured at C = 64 and 512), with margin.
+ACCURACY_BOUNDS = {2: 1.5, 4: 5.0, 6: 10.0}
+
+
+@pytest.mark.parametrize("m", sorted(ACCURACY_BOUNDS))
+def test_accuracy_against_float64(m):
+  rng = rng_for(f"accuracy{m}")
+  x = rng.standard_normal((2, 16, 16, 64))
+  w = rng.standard_normal((3, 3, 64, 64))
+  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC, precision=HIGHEST)
+  exact = lax.conv_general_dilated(x, w, **kw)  # float64
+  x32, w32 = x.astype(np.float32), w.astype(np.float32)
+  direct = rel_err(lax.conv_general_dilated(x32, w32, **kw), exact)
+  ours = rel_err(jaxconv.conv_general_dilated(x32, w32, **kw, algorithm=f"winograd{m}"), exact)
+  assert ours <= ACCURACY_BOUNDS[m] * direct, (ours, direct, ours / direct)
+
+
+def test_auto_uses_winograd_on_wide_3x3_layers():
+  x = jax.ShapeDtypeStruct((8, 28, 28, 128), np.float32)
+  k = jax.ShapeDtypeStruct((3, 3, 128, 128), np.float32)
+  p = jaxconv.plan(x, k, (1, 1), "SAME", dimension_numbers=NHWC)
+  assert p.algorithm == "winograd" and p.tile is not None, p.reason
+  strided = jaxconv.plan(x, k, (2, 2), "SAME", dimension_numbers=NHWC)
+  assert strided.algorithm == "lax" and "strided" in strided.reason
+
+
+def test_every_tile_runs_in_every_spatial_case():
+  # A small exhaustive sweep: tile sizes x output sizes around multiples of m (cropping paths).
+  for m, size in itertools.product((2, 4, 6), (3, 4, 5, 7, 8, 9)):
+    _run(
+      f"winograd{m}",
+      (1, size, size + 1, 2),
+      (3, 3, 2, 2),
+      window_strides=(1, 1),
+      padding="SAME",
+      dimension_numbers=NHWC,
+    )
