@@ -55,6 +55,10 @@ __all__ = ["winograd", "winograd_support", "work_dtype"]
 # to stay in cache and below the allocator's mmap threshold (a fresh mmap per call costs page
 # faults), large enough to keep the GEMMs efficient.
 CHUNK_BYTES = 8 << 20
+# Channel sums longer than this are split into blocks of this many and the partial GEMM results
+# added: a GEMM accumulates sequentially, and the transformed values of larger tiles amplify that
+# rounding (F(2,3) at C = 512: 1.77x direct convolution's error unblocked, 0.94x blocked).
+SUM_BLOCK = 128
 
 
 def winograd_support(g: ConvGeometry) -> str | None:
@@ -164,7 +168,17 @@ def _stride1(
 
   # The multiplication stage: n^d GEMMs over channels.
   acc = g.preferred_element_type
-  if bgc == 1 and fgc == 1:
+  if bgc == 1 and fgc == 1 and cin_g > SUM_BLOCK and cin_g % SUM_BLOCK == 0:
+    nb = cin_g // SUM_BLOCK
+    part = lax.dot_general(
+      v.reshape(n_pos, n_tiles, nb, SUM_BLOCK),
+      u.reshape(n_pos, nb, SUM_BLOCK, -1),
+      (((3,), (2,)), ((0, 2), (0, 1))),
+      precision=g.precision,
+      preferred_element_type=acc,
+    )
+    prod = part.sum(axis=1)
+  elif bgc == 1 and fgc == 1:
     prod = lax.dot_general(
       v.reshape(n_pos, n_tiles, cin_g),
       u.reshape(n_pos, cin_g, -1),
