@@ -12,7 +12,8 @@ layer the pointwise product becomes a sum over input channels: for every one of 
 transformed positions, a GEMM ``(tiles, C) @ (C, O)``. F(4, 3) thus does 36 multiplications for 16
 outputs where the direct method does 144: 4x fewer, paid for with cheap transforms.
 
-The pipeline for one example (vmapped over the batch, in chunks that stay cache-sized):
+The pipeline, for a block of examples at a time (blocks stay under `CHUNK_BYTES`; every GEMM has
+all the block's tiles as rows):
 
 1. Dilate and pad the input (`lax.pad`), exactly as im2col does.
 2. Reduce strides and kernel dilation to stride-1 problems. A stride-``s`` convolution is the sum of
@@ -21,11 +22,13 @@ The pipeline for one example (vmapped over the batch, in chunks that stay cache-
    (``x[p::d]`` gives the outputs ``y[p::d]``). Per axis; 2-D problems take the product of both
    axes' phases.
 3. For each stride-1 problem: tile the input into overlapping ``n``-wide tiles with stride ``m``.
-The
-   ``n^2`` tile positions are ``n^2`` strided views of the padded input; transform them with ``BT``
-   (sums with constant coefficients, which XLA fuses), transform the kernel with ``G``, run the
-   ``n^2`` GEMMs over channels, transform back with ``AT``, interleave the ``m x m`` outputs of each
-   tile and crop to the exact output.
+   Position ``(i, j)`` of every tile is one strided view of the padded input, ``x[i::m, j::m]``,
+   so the ``n^2`` views are static slices whose offsets follow from the geometry alone; XLA fuses
+   them into the input transform, and the tiles are never gathered into a buffer of their own (on
+   CPU a gather moves data several times slower than these fused slices). Transform them with
+   ``BT`` (sums with constant coefficients), transform the kernel with ``G`` (one small GEMM),
+   run the ``n^2`` GEMMs over channels, transform back with ``AT``, interleave the ``m x m``
+   outputs of each tile and crop to the exact output.
 
 Axes whose (phase) kernel has size 1 need no transform and use ``m = 1``-wide tiles of their own.
 
@@ -55,10 +58,13 @@ __all__ = ["winograd", "winograd_support", "work_dtype"]
 # to stay in cache and below the allocator's mmap threshold (a fresh mmap per call costs page
 # faults), large enough to keep the GEMMs efficient.
 CHUNK_BYTES = 8 << 20
-# Channel sums longer than this are split into blocks of this many and the partial GEMM results
-# added: a GEMM accumulates sequentially, and the transformed values of larger tiles amplify that
-# rounding (F(2,3) at C = 512: 1.77x direct convolution's error unblocked, 0.94x blocked).
+# Channel sums longer than SUM_BLOCK are split into blocks and the partial GEMM results added, for
+# the tile sizes whose float32 error bound needs it: a GEMM accumulates sequentially, and the
+# transformed values amplify that rounding. Measured at C = 512 (docs/accuracy.md): F(2,3) 1.77x
+# direct convolution's error unblocked, 0.94x blocked (bound 1.5x); F(6,3) 15.5x and 8.9x (bound
+# 10x); F(4,3) 3.7x unblocked is within its bound (5x) and keeps the faster single GEMM.
 SUM_BLOCK = 128
+BLOCKED_SUM_TILES = (2, 6)
 
 
 def winograd_support(g: ConvGeometry) -> str | None:
@@ -112,7 +118,7 @@ def _transform(mat: np.ndarray, planes: dict, axis: int, n_out: int) -> dict:
   return out
 
 
-def _matrices(m: int, r: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   if r == 1:  # nothing to save along this axis: plain tiles of m
     return np.eye(m), np.ones((m, 1)), np.eye(m)
   return winograd_matrices(m, r)
@@ -121,28 +127,29 @@ def _matrices(m: int, r: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _stride1(
   x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
 ) -> jax.Array:
-  """VALID stride-1 correlation of one example by Winograd.
+  """VALID stride-1 correlation of a block of examples by Winograd.
 
   Args:
-    x: (B, *L, C) input (B batch groups), at least `out + r - 1` long per axis.
+    x: (E, B, *L, C) input: E examples of B batch groups, at least `out + r - 1` long per axis.
     w: (*r, I, G, B, O') kernel.
     out: output length per axis.
     ms: tile output size per axis.
     g: the geometry (groups, precision).
 
   Returns:
-    (*out, O) output.
+    (E, *out, O) output.
   """
   nd = len(out)
   rs = w.shape[:nd]
   ms = [m if r > 1 else 1 for m, r in zip(ms, rs)]
-  mats = [_matrices(m, r, x.dtype) for m, r in zip(ms, rs)]
+  mats = [_matrices(m, r) for m, r in zip(ms, rs)]
   ns = [m + r - 1 for m, r in zip(ms, rs)]
   tiles = [-(-o // m) for o, m in zip(out, ms)]
   need = [t * m + r - 1 for t, m, r in zip(tiles, ms, rs)]
   # Pad the end (or crop) to a whole number of tiles.
-  x = x[(slice(None), *(slice(0, n) for n in need))]
-  x = jnp.pad(x, [(0, 0)] + [(0, n - s) for n, s in zip(need, x.shape[1:])] + [(0, 0)])
+  x = x[(slice(None), slice(None), *(slice(0, n) for n in need))]
+  x = jnp.pad(x, [(0, 0)] * 2 + [(0, n - s) for n, s in zip(need, x.shape[2:])] + [(0, 0)])
+  n_ex = x.shape[0]
 
   # Kernel transform G w G^T: one small GEMM with the Kronecker product over the axes.
   gk = np.ones((1, 1))
@@ -155,23 +162,30 @@ def _stride1(
 
   # Input transform BT d BT^T on all tiles at once: tile position i is a strided view.
   planes = {
-    idx: x[(slice(None), *(slice(i, i + (t - 1) * m + 1, m) for i, t, m in zip(idx, tiles, ms)))]
+    idx: x[
+      (
+        slice(None),
+        slice(None),
+        *(slice(i, i + (t - 1) * m + 1, m) for i, t, m in zip(idx, tiles, ms)),
+      )
+    ]
     for idx in itertools.product(*(range(n) for n in ns))
   }
   for axis, (_, _, bt) in enumerate(mats):
     planes = _transform(bt, planes, axis, ns[axis])
-  v = jnp.stack([planes[k] for k in sorted(planes)])  # (n^d, B, *tiles, C)
+  v = jnp.stack([planes[k] for k in sorted(planes)])  # (n^d, E, B, *tiles, C)
   n_tiles = math.prod(tiles)
   bgc, fgc = g.batch_group_count, g.feature_group_count
   cin_g = g.group_in_features
-  chex.assert_shape(v, (n_pos, bgc, *tiles, g.in_features))
+  chex.assert_shape(v, (n_pos, n_ex, bgc, *tiles, g.in_features))
 
-  # The multiplication stage: n^d GEMMs over channels.
+  # The multiplication stage: n^d GEMMs over channels, examples and tiles as rows.
   acc = g.preferred_element_type
-  if bgc == 1 and fgc == 1 and cin_g > SUM_BLOCK and cin_g % SUM_BLOCK == 0:
+  blocked = max(ms) in BLOCKED_SUM_TILES and cin_g > SUM_BLOCK and cin_g % SUM_BLOCK == 0
+  if bgc == 1 and fgc == 1 and blocked:
     nb = cin_g // SUM_BLOCK
     part = lax.dot_general(
-      v.reshape(n_pos, n_tiles, nb, SUM_BLOCK),
+      v.reshape(n_pos, n_ex * n_tiles, nb, SUM_BLOCK),
       u.reshape(n_pos, nb, SUM_BLOCK, -1),
       (((3,), (2,)), ((0, 2), (0, 1))),
       precision=g.precision,
@@ -180,7 +194,7 @@ def _stride1(
     prod = part.sum(axis=1)
   elif bgc == 1 and fgc == 1:
     prod = lax.dot_general(
-      v.reshape(n_pos, n_tiles, cin_g),
+      v.reshape(n_pos, n_ex * n_tiles, cin_g),
       u.reshape(n_pos, cin_g, -1),
       (((2,), (1,)), ((0,), (0,))),
       precision=g.precision,
@@ -188,23 +202,23 @@ def _stride1(
     )
   else:
     prod = jnp.einsum(
-      "nbtgc,ncgbo->ntgbo",
-      v.reshape(n_pos, bgc, n_tiles, fgc, cin_g),
+      "nebtgc,ncgbo->netgbo",
+      v.reshape(n_pos, n_ex, bgc, n_tiles, fgc, cin_g),
       u,
       precision=g.precision,
       preferred_element_type=acc,
     )
-  prod = prod.reshape(n_pos, *tiles, g.out_features)
+  prod = prod.reshape(n_pos, n_ex, *tiles, g.out_features)
 
   # Output transform AT M A, then interleave the m^d outputs of every tile and crop.
   planes = {idx: prod[k] for k, idx in enumerate(itertools.product(*(range(n) for n in ns)))}
   for axis, (at, _, _) in enumerate(mats):
     planes = _transform(at, planes, axis, ms[axis])
-  y = jnp.stack([planes[k] for k in sorted(planes)])  # (m^d, *tiles, O)
-  y = y.reshape(*ms, *tiles, g.out_features)
-  perm = [p for d in range(nd) for p in (nd + d, d)] + [2 * nd]
-  y = y.transpose(perm).reshape(*(t * m for t, m in zip(tiles, ms)), g.out_features)
-  return y[tuple(slice(0, o) for o in out)]
+  y = jnp.stack([planes[k] for k in sorted(planes)])  # (m^d, E, *tiles, O)
+  y = y.reshape(*ms, n_ex, *tiles, g.out_features)
+  perm = [nd] + [p for d in range(nd) for p in (nd + 1 + d, d)] + [2 * nd + 1]
+  y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), g.out_features)
+  return y[(slice(None), *(slice(0, o) for o in out))]
 
 
 def _phases(size_k: int, out: int, s: int, d: int) -> list[tuple[slice, slice, slice]]:
@@ -240,30 +254,35 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
     [(0, 0, 0)]
     + [(lo, hi, ld - 1) for (lo, hi), ld in zip(g.padding, g.lhs_dilation)]
     + [(0, 0, 0)]
-  )
+  )  # (B, *spatial, C)
   out = g.out_spatial
   axes = [_phases(k, o, s, d) for k, o, s, d in zip(g.kernel, out, g.strides, g.rhs_dilation)]
 
-  def one_example(xe: jax.Array) -> jax.Array:
-    xe = lax.pad(xe, jnp.zeros((), xe.dtype), pad_config)  # (B, *padded, C)
+  def block(xb: jax.Array) -> jax.Array:
+    # xb: (E, B, *S, C), a block of examples, computed together so every GEMM has E * tiles rows.
+    xb = lax.pad(xb, jnp.zeros((), xb.dtype), [(0, 0, 0), *pad_config])
     y = None
     for combo in itertools.product(*axes):
       x_sl, w_sl, y_sl = zip(*combo)
       sub_out = [len(range(o)[sl]) for o, sl in zip(out, y_sl)]
-      part = _stride1(xe[(slice(None), *x_sl)], w[w_sl], sub_out, m, g)
+      part = _stride1(xb[(slice(None), slice(None), *x_sl)], w[w_sl], sub_out, m, g)
       if all(sl == slice(None) for sl in y_sl):  # stride phases: outputs add up
         y = part if y is None else y + part
       else:  # dilation phases: each adds into its own interleaved sub-grid
-        y = jnp.zeros((*out, g.out_features), part.dtype) if y is None else y
-        y = y.at[y_sl].add(part)
+        y = jnp.zeros((xb.shape[0], *out, g.out_features), part.dtype) if y is None else y
+        y = y.at[(slice(None), *y_sl)].add(part)
     return y
 
+  # Examples are processed in blocks whose transformed data stays under CHUNK_BYTES.
   per_example = _bytes_per_example(g, m, wdt)
-  chunk = max(1, CHUNK_BYTES // max(per_example, 1))
-  if chunk >= g.out_batch:
-    y = jax.vmap(one_example)(x)
+  size = max(1, min(g.out_batch, CHUNK_BYTES // max(per_example, 1)))
+  n_blocks = -(-g.out_batch // size)
+  if n_blocks == 1:
+    y = block(x)
   else:
-    y = lax.map(one_example, x, batch_size=chunk)
+    x = jnp.pad(x, [(0, n_blocks * size - g.out_batch)] + [(0, 0)] * (x.ndim - 1))
+    y = lax.map(block, x.reshape(n_blocks, size, *x.shape[1:]))
+    y = y.reshape(n_blocks * size, *y.shape[2:])[: g.out_batch]
   chex.assert_shape(y, (g.out_batch, *out, g.out_features))
   return jnp.transpose(y, g.channels_last_to_out).astype(g.out_dtype)
 
