@@ -31,11 +31,14 @@ import numpy as np
 
 from jaxconv._geometry import ConvGeometry
 from jaxconv._transforms import default_points
-from jaxconv._winograd import winograd_support, work_dtype
+from jaxconv._winograd import BLOCKED_SUM_TILES, SUM_BLOCK, winograd_support, work_dtype
 
 __all__ = ["ALGORITHMS", "Plan", "check_algorithm", "choose"]
 
 WINOGRAD_TILES = (2, 4, 6)
+# F(6, 3) measured no faster than F(4, 3) on any ResNet layer and is 4x less accurate (see
+# docs/accuracy.md), so `auto` and plain "winograd" choose between m = 2 and m = 4.
+AUTO_TILES = (2, 4)
 ALGORITHMS = ("auto", "lax", "im2col", "winograd", *(f"winograd{m}" for m in WINOGRAD_TILES))
 MAX_WINOGRAD_KERNEL = 7
 
@@ -45,6 +48,7 @@ WINOGRAD_MIN_GAIN = 1.1
 LAX_RATE = 100e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers
 GEMM_RATE = 90e9  # FLOP/s of the batched GEMMs of the multiplication stage
 STREAM_RATE = 6e9  # bytes/s through the input and output transforms
+BLOCKED_SUM_COST = 2.0  # GEMM time factor of channel sums split into blocks (for accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +102,13 @@ def _winograd_seconds(g: ConvGeometry, m: int) -> float:
     + math.prod(g.padded_spatial) * g.batch * cin  # input read
     + n_pos * g.group_in_features * cout  # transformed kernel
   )
-  return 2 * macs / GEMM_RATE + traffic / STREAM_RATE
+  cin = g.group_in_features
+  blocked = m in BLOCKED_SUM_TILES and cin > SUM_BLOCK and cin % SUM_BLOCK == 0
+  return 2 * macs / GEMM_RATE * (BLOCKED_SUM_COST if blocked else 1) + traffic / STREAM_RATE
 
 
 def _winograd_tile(g: ConvGeometry) -> int:
-  return min(WINOGRAD_TILES, key=lambda m: _winograd_seconds(g, m))
+  return min(AUTO_TILES, key=lambda m: _winograd_seconds(g, m))
 
 
 def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:

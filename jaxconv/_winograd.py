@@ -57,13 +57,14 @@ __all__ = ["winograd", "winograd_support", "work_dtype"]
 # Per chunk of examples, the transformed input and product stay under this many bytes: small enough
 # to stay in cache and below the allocator's mmap threshold (a fresh mmap per call costs page
 # faults), large enough to keep the GEMMs efficient.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 16 << 20
 # Channel sums longer than SUM_BLOCK are split into blocks and the partial GEMM results added, for
 # the tile sizes whose float32 error bound needs it: a GEMM accumulates sequentially, and the
 # transformed values amplify that rounding. Measured at C = 512 (docs/accuracy.md): F(2,3) 1.77x
 # direct convolution's error unblocked, 0.94x blocked (bound 1.5x); F(6,3) 15.5x and 8.9x (bound
 # 10x); F(4,3) 3.7x unblocked is within its bound (5x) and keeps the faster single GEMM.
 SUM_BLOCK = 128
+U_BLOCK_BYTES = 12 << 20
 BLOCKED_SUM_TILES = (2, 6)
 
 
@@ -94,28 +95,22 @@ def work_dtype(g: ConvGeometry) -> np.dtype:
   return g.dtype
 
 
-def _transform(mat: np.ndarray, planes: dict, axis: int, n_out: int) -> dict:
-  """Applies the small constant matrix `mat` along index position `axis` of a dict of arrays.
+def _combine(mat: np.ndarray, terms: Sequence[jax.Array], axis: int) -> jax.Array:
+  """Stacks ``sum_i mat[a, i] * terms[i]`` over rows ``a`` as a new axis at `axis`.
 
-  `planes` maps index tuples to equally shaped arrays; the result maps tuples with `axis` running
-  over `range(n_out)` to sums with constant coefficients, skipping zeros, which XLA fuses.
+  The coefficients are constants: zeros are skipped and +-1 need no multiply, so each row is one
+  fused elementwise sum.
   """
-  out = {}
-  keys = sorted({k[:axis] + k[axis + 1 :] for k in planes})
-  for rest in keys:
-    for a in range(n_out):
-      acc = None
-      for i in range(mat.shape[1]):
-        c = mat[a, i]
-        if c == 0:
-          continue
-        x = planes[(*rest[:axis], i, *rest[axis:])]
-        term = x if c == 1 else -x if c == -1 else x * jnp.asarray(c, x.dtype)
-        acc = term if acc is None else acc + term
-      out[(*rest[:axis], a, *rest[axis:])] = (
-        acc if acc is not None else jnp.zeros_like(next(iter(planes.values())))
-      )
-  return out
+  rows = []
+  for coeffs in mat:
+    acc = None
+    for c, x in zip(coeffs, terms):
+      if c == 0:
+        continue
+      term = x if c == 1 else -x if c == -1 else x * jnp.asarray(c, x.dtype)
+      acc = term if acc is None else acc + term
+    rows.append(jnp.zeros_like(terms[0]) if acc is None else acc)
+  return jnp.stack(rows, axis=axis)
 
 
 def _matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,74 +146,87 @@ def _stride1(
   x = jnp.pad(x, [(0, 0)] * 2 + [(0, n - s) for n, s in zip(need, x.shape[2:])] + [(0, 0)])
   n_ex = x.shape[0]
 
-  # Kernel transform G w G^T: one small GEMM with the Kronecker product over the axes.
   gk = np.ones((1, 1))
   for _, gm, _ in mats:
     gk = np.kron(gk, gm)
   n_pos, taps = gk.shape
-  u = jnp.dot(
-    jnp.asarray(gk, w.dtype), w.reshape(taps, -1), precision=lax.Precision.HIGHEST
-  ).reshape(n_pos, *w.shape[nd:])  # (n^d, I, G, B, O')
 
-  # Input transform BT d BT^T on all tiles at once: tile position i is a strided view.
-  planes = {
-    idx: x[
-      (
-        slice(None),
-        slice(None),
-        *(slice(i, i + (t - 1) * m + 1, m) for i, t, m in zip(idx, tiles, ms)),
-      )
-    ]
-    for idx in itertools.product(*(range(n) for n in ns))
-  }
-  for axis, (_, _, bt) in enumerate(mats):
-    planes = _transform(bt, planes, axis, ns[axis])
-  v = jnp.stack([planes[k] for k in sorted(planes)])  # (n^d, E, B, *tiles, C)
+  # Input transform BT d BT^T, one axis at a time. Along axis d, position i of every tile is the
+  # strided view x[i::m] (static offsets, fused into the sums: the tiles are never gathered).
+  v = x  # (n_0..n_{d-1}, E, B, T_0..T_{d-1}, L_d.., C) after axis d-1
+  for d, (m, t, n, (_, _, bt)) in enumerate(zip(ms, tiles, ns, mats)):
+    axis = 2 * d + 2
+    views = [lax.slice_in_dim(v, i, i + (t - 1) * m + 1, m, axis=axis) for i in range(n)]
+    v = _combine(bt, views, axis=d)
+  chex.assert_shape(v, (*ns, n_ex, g.batch_group_count, *tiles, g.in_features))
+  v = v.reshape(n_pos, *v.shape[nd:])  # (n^d, E, B, *tiles, C)
   n_tiles = math.prod(tiles)
   bgc, fgc = g.batch_group_count, g.feature_group_count
   cin_g = g.group_in_features
-  chex.assert_shape(v, (n_pos, n_ex, bgc, *tiles, g.in_features))
 
   # The multiplication stage: n^d GEMMs over channels, examples and tiles as rows.
   acc = g.preferred_element_type
   blocked = max(ms) in BLOCKED_SUM_TILES and cin_g > SUM_BLOCK and cin_g % SUM_BLOCK == 0
-  if bgc == 1 and fgc == 1 and blocked:
-    nb = cin_g // SUM_BLOCK
-    part = lax.dot_general(
-      v.reshape(n_pos, n_ex * n_tiles, nb, SUM_BLOCK),
-      u.reshape(n_pos, nb, SUM_BLOCK, -1),
-      (((3,), (2,)), ((0, 2), (0, 1))),
-      precision=g.precision,
-      preferred_element_type=acc,
-    )
-    prod = part.sum(axis=1)
-  elif bgc == 1 and fgc == 1:
-    prod = lax.dot_general(
-      v.reshape(n_pos, n_ex * n_tiles, cin_g),
-      u.reshape(n_pos, cin_g, -1),
-      (((2,), (1,)), ((0,), (0,))),
-      precision=g.precision,
-      preferred_element_type=acc,
-    )
-  else:
-    prod = jnp.einsum(
+
+  def multiply(wb: jax.Array) -> jax.Array:
+    # Kernel transform G w G^T (one small GEMM with the Kronecker product over the axes), then the
+    # GEMMs. wb: (*r, I, G, B, O'') -> (n^d, E * tiles, G * B * O'').
+    u = jnp.dot(
+      jnp.asarray(gk, wb.dtype), wb.reshape(taps, -1), precision=lax.Precision.HIGHEST
+    ).reshape(n_pos, *wb.shape[nd:])
+    if bgc == 1 and fgc == 1 and blocked:
+      nb = cin_g // SUM_BLOCK
+      part = lax.dot_general(
+        v.reshape(n_pos, n_ex * n_tiles, nb, SUM_BLOCK),
+        u.reshape(n_pos, nb, SUM_BLOCK, -1),
+        (((3,), (2,)), ((0, 2), (0, 1))),
+        precision=g.precision,
+        preferred_element_type=acc,
+      )
+      return part.sum(axis=1)
+    if bgc == 1 and fgc == 1:
+      return lax.dot_general(
+        v.reshape(n_pos, n_ex * n_tiles, cin_g),
+        u.reshape(n_pos, cin_g, -1),
+        (((2,), (1,)), ((0,), (0,))),
+        precision=g.precision,
+        preferred_element_type=acc,
+      )
+    y = jnp.einsum(
       "nebtgc,ncgbo->netgbo",
       v.reshape(n_pos, n_ex, bgc, n_tiles, fgc, cin_g),
       u,
       precision=g.precision,
       preferred_element_type=acc,
     )
+    return y.reshape(n_pos, n_ex * n_tiles, -1)
+
+  # A transformed kernel larger than U_BLOCK_BYTES is made and used one output block at a time,
+  # so the working set stays small (a large fresh buffer costs a page fault per 4 KiB on CPU).
+  out_g = w.shape[-1]
+  n_ob = _output_blocks(n_pos * cin_g * out_g * np.dtype(w.dtype).itemsize, out_g)
+  if n_ob == 1 or bgc > 1 or fgc > 1:
+    prod = multiply(w)
+  else:
+    wb = jnp.moveaxis(w.reshape(*w.shape[:-1], n_ob, out_g // n_ob), -2, 0)
+    prod = jnp.moveaxis(lax.map(multiply, wb), 0, -2)
   prod = prod.reshape(n_pos, n_ex, *tiles, g.out_features)
 
-  # Output transform AT M A, then interleave the m^d outputs of every tile and crop.
-  planes = {idx: prod[k] for k, idx in enumerate(itertools.product(*(range(n) for n in ns)))}
-  for axis, (at, _, _) in enumerate(mats):
-    planes = _transform(at, planes, axis, ms[axis])
-  y = jnp.stack([planes[k] for k in sorted(planes)])  # (m^d, E, *tiles, O)
-  y = y.reshape(*ms, n_ex, *tiles, g.out_features)
+  # Output transform AT M A, one axis at a time, then interleave the m^d outputs of every tile.
+  y = prod.reshape(*ns, n_ex, *tiles, g.out_features)
+  for d, (at, _, _) in enumerate(mats):
+    y = _combine(at, [lax.index_in_dim(y, a, d, keepdims=False) for a in range(ns[d])], axis=d)
   perm = [nd] + [p for d in range(nd) for p in (nd + 1 + d, d)] + [2 * nd + 1]
   y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), g.out_features)
   return y[(slice(None), *(slice(0, o) for o in out))]
+
+
+def _output_blocks(u_bytes: int, out_features: int) -> int:
+  """The fewest equal output-feature blocks that bring the transformed kernel under budget."""
+  for k in range(1, out_features + 1):
+    if out_features % k == 0 and u_bytes // k <= U_BLOCK_BYTES:
+      return k
+  return out_features
 
 
 def _phases(size_k: int, out: int, s: int, d: int) -> list[tuple[slice, slice, slice]]:
@@ -274,8 +282,9 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
     return y
 
   # Examples are processed in blocks whose transformed data stays under CHUNK_BYTES.
-  per_example = _bytes_per_example(g, m, wdt)
-  size = max(1, min(g.out_batch, CHUNK_BYTES // max(per_example, 1)))
+  total = _bytes_per_example(g, m, wdt) * g.out_batch
+  n_blocks = min(g.out_batch, max(1, -(-total // CHUNK_BYTES)))
+  size = -(-g.out_batch // n_blocks)  # balanced blocks: the last one is padded by < n_blocks
   n_blocks = -(-g.out_batch // size)
   if n_blocks == 1:
     y = block(x)
