@@ -1,0 +1,120 @@
+"""Property-based differential testing over the whole argument space (hypothesis).
+
+Every drawn call goes to lax first. When lax rejects it, jaxconv must raise the same exception type;
+when lax accepts it, every algorithm that accepts it must match lax at HIGHEST. Profiles: "ci" (the
+default, a few minutes in all) and "long" (``JAXCONV_HYPOTHESIS=long``, 5,000 examples per
+algorithm).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import jaxconv
+from tests.util import TOLERANCE, random_array, rel_err
+
+settings.register_profile(
+  "ci", max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
+settings.register_profile(
+  "long", max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("JAXCONV_HYPOTHESIS", "ci"))
+
+DTYPES = [np.float32, np.float64, np.float16, jnp.bfloat16, np.complex64, np.int32, np.int8]
+SPATIAL_CHARS = "HWD"
+
+
+@st.composite
+def conv_calls(draw, float_only: bool = False, ranks: tuple[int, ...] = (0, 1, 2, 3)):
+  """A random conv_general_dilated call: (lhs, rhs, kwargs). Mostly valid, sometimes not."""
+  nd = draw(st.sampled_from(ranks))
+  spatial = SPATIAL_CHARS[:nd]
+  lhs_spec = "".join(draw(st.permutations("NC" + spatial)))
+  rhs_spec = "".join(draw(st.permutations("OI" + spatial)))
+  out_spec = "".join(draw(st.permutations("NC" + spatial)))
+  fgc = draw(st.sampled_from([1, 1, 1, 2, 3]))
+  bgc = 1 if fgc > 1 else draw(st.sampled_from([1, 1, 1, 2]))
+  cin_g = draw(st.integers(0, 3))
+  n = bgc * draw(st.integers(0, 2))
+  cout = fgc * bgc * draw(st.integers(1, 3))
+  sizes_in = [draw(st.integers(0, 9)) for _ in range(nd)]
+  kernel = [draw(st.integers(1, 5)) for _ in range(nd)]
+  strides = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+  rhs_dil = tuple(draw(st.sampled_from([1, 1, 2, 3])) for _ in range(nd))
+  lhs_dil = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
+  if any(d > 1 for d in lhs_dil) or draw(st.booleans()):
+    padding = tuple((draw(st.integers(-2, 3)), draw(st.integers(-2, 3))) for _ in range(nd))
+  else:
+    padding = draw(st.sampled_from(["SAME", "SAME_LOWER", "VALID"]))
+  dtype = draw(st.sampled_from(DTYPES[:4] if float_only else DTYPES))
+  lhs_sizes = dict(N=n, C=cin_g * fgc, **dict(zip(spatial, sizes_in)))
+  rhs_sizes = dict(O=cout, I=cin_g, **dict(zip(spatial, kernel)))
+  rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+  lhs = random_array(rng, tuple(lhs_sizes[c] for c in lhs_spec), dtype)
+  rhs = random_array(rng, tuple(rhs_sizes[c] for c in rhs_spec), dtype)
+  kwargs = dict(
+    window_strides=strides,
+    padding=padding,
+    lhs_dilation=lhs_dil,
+    rhs_dilation=rhs_dil,
+    dimension_numbers=(lhs_spec, rhs_spec, out_spec),
+    feature_group_count=fgc,
+    batch_group_count=bgc,
+    precision=lax.Precision.HIGHEST,
+  )
+  return lhs, rhs, kwargs
+
+
+def _lax(lhs, rhs, kwargs):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return jax.block_until_ready(lax.conv_general_dilated(lhs, rhs, **kwargs))
+
+
+def _check(algorithm, lhs, rhs, kwargs):
+  try:
+    ref = _lax(lhs, rhs, kwargs)
+  except Exception as e:  # lax rejects: jaxconv must reject the same way, before computing
+    event(f"lax rejects: {type(e).__name__}")
+    with pytest.raises(type(e)):
+      jaxconv.conv_general_dilated(lhs, rhs, **kwargs, algorithm=algorithm)
+    return
+  try:
+    jaxconv.plan(lhs, rhs, **kwargs, algorithm=algorithm)
+  except NotImplementedError:
+    event(f"{algorithm} cannot")
+    assume(False)
+  event("compared with lax")
+  out = jaxconv.conv_general_dilated(lhs, rhs, **kwargs, algorithm=algorithm)
+  assert out.shape == ref.shape and out.dtype == ref.dtype
+  dtype = np.dtype(ref.dtype)
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+    return
+  tol = TOLERANCE[dtype] * (10 if algorithm.startswith("winograd") else 1)
+  assert rel_err(out, ref) <= tol
+
+
+@given(conv_calls())
+def test_im2col_matches_lax(call):
+  _check("im2col", *call)
+
+
+@given(conv_calls(float_only=True, ranks=(1, 2)))
+def test_winograd_matches_lax(call):
+  _check("winograd4", *call)
+
+
+@given(conv_calls())
+def test_auto_matches_lax(call):
+  _check("auto", *call)
