@@ -33,7 +33,7 @@ from jaxconv._geometry import ConvGeometry
 from jaxconv._transforms import default_points
 from jaxconv._winograd import BLOCKED_SUM_TILES, SUM_BLOCK, winograd_support, work_dtype
 
-__all__ = ["ALGORITHMS", "Plan", "check_algorithm", "choose"]
+__all__ = ["ALGORITHMS", "Plan", "check_algorithm", "choose", "set_nonfinite"]
 
 WINOGRAD_TILES = (2, 4, 6)
 # F(6, 3) measured no faster than F(4, 3) on any ResNet layer and is 4x less accurate (see
@@ -49,6 +49,37 @@ LAX_RATE = 100e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide l
 GEMM_RATE = 90e9  # FLOP/s of the batched GEMMs of the multiplication stage
 STREAM_RATE = 6e9  # bytes/s through the input and output transforms
 BLOCKED_SUM_COST = 2.0  # GEMM time factor of channel sums split into blocks (for accuracy)
+
+
+NONFINITE_MODES = ("fast", "exact")
+_nonfinite = "fast"
+
+
+def set_nonfinite(mode: str) -> str:
+  """Chooses how `auto` treats NaN and infinity; returns the previous mode.
+
+  No algorithm loses a non-finite value: every output lax makes NaN or +-inf is non-finite in
+  jaxconv too. im2col computes the same products as lax and propagates them identically. Winograd
+  mixes a whole tile in its transforms, so one non-finite input makes every output of the tiles
+  that hold it non-finite (up to (m + r - 1) / m times more outputs per axis than lax), and where
+  lax gives +-inf it may give NaN (inf - inf in a transform).
+
+  * ``"fast"`` (default): `auto` may pick Winograd.
+  * ``"exact"``: `auto` never picks Winograd, so non-finite values propagate exactly as in lax.
+
+  Explicitly requested algorithms are unaffected. Like every `auto` input, the mode is read when a
+  function is traced.
+
+  Example:
+    >>> import jaxconv
+    >>> old = jaxconv.set_nonfinite("exact")
+    >>> _ = jaxconv.set_nonfinite(old)
+  """
+  global _nonfinite
+  if mode not in NONFINITE_MODES:
+    raise ValueError(f"`mode` must be one of {NONFINITE_MODES}, got {mode!r}.")
+  old, _nonfinite = _nonfinite, mode
+  return old
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +160,8 @@ def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:
       ),
     )
   why_not = _cannot(g, "winograd")
+  if why_not is None and _nonfinite == "exact":
+    why_not = "non-finite values must propagate exactly as in lax (set_nonfinite('exact'))"
   if why_not is None and max(g.strides) > 1:
     why_not = "strided Winograd (a sum of phase convolutions) does not pay on this CPU"
   if why_not is None and max(g.rhs_dilation) > 1:
