@@ -8,12 +8,15 @@ The `auto` rule, in order:
 
 1. Nothing to compute (empty result or no input features), a 0-D convolution or a 1x1 kernel
    (each a plain matrix product): lax.
-2. im2col when the GEMM's inner dimension, kernel taps x input features per group, is at most
-   `IM2COL_MAX_INNER`: with few input features (an RGB stem) XLA's CPU convolution runs far below
-   its GEMM rate while one gathered GEMM does not.
-3. Winograd when it applies (1-D or 2-D, floating point, kernel 2..7 wide on some axis, stride 1 and
-   no kernel dilation) and its predicted time beats lax's by `WINOGRAD_MIN_GAIN`; the tile size m is
-   the one with the lowest predicted time among those accurate enough (`WINOGRAD_TILES`).
+2. im2col for an ungrouped convolution whose GEMM is small on both sides: inner dimension (kernel
+   taps x input features) at most `IM2COL_MAX_INNER` and at most `IM2COL_MAX_OUT` output
+   features. There (an RGB stem such as the seed example, 3 -> 16) XLA's CPU convolution runs far
+   below its GEMM rate while one gathered GEMM does not; with 64 outputs (VGG's first layer) lax
+   is faster again.
+3. Winograd when it applies (1-D or 2-D, floating point, kernel 2..7 wide, no kernel dilation,
+   stride 1 unless grouped) and its predicted time beats lax's by `WINOGRAD_MIN_GAIN`; the tile
+   size m is the one with the lowest predicted time among `AUTO_TILES`. Depthwise and grouped
+   layers, where XLA's CPU convolution is slowest, qualify even when strided.
 4. Otherwise lax.
 
 The predictions are a three-term cost model whose rates were measured with `jaxconv bench` on the
@@ -43,10 +46,13 @@ ALGORITHMS = ("auto", "lax", "im2col", "winograd", *(f"winograd{m}" for m in WIN
 MAX_WINOGRAD_KERNEL = 7
 
 IM2COL_MAX_INNER = 64
+IM2COL_MAX_OUT = 32
 WINOGRAD_MIN_GAIN = 1.1
 # Measured rates (float32, 2 cores): see the module docstring.
 LAX_RATE = 100e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers
+LAX_FULL_RATE_FEATURES = 64  # input features per group from which lax reaches LAX_RATE
 GEMM_RATE = 90e9  # FLOP/s of the batched GEMMs of the multiplication stage
+GEMM_FULL_RATE_FEATURES = 32  # channel-sum length from which those GEMMs reach GEMM_RATE
 STREAM_RATE = 6e9  # bytes/s through the input and output transforms
 BLOCKED_SUM_COST = 2.0  # GEMM time factor of channel sums split into blocks (for accuracy)
 
@@ -135,40 +141,57 @@ def _winograd_seconds(g: ConvGeometry, m: int) -> float:
   )
   cin = g.group_in_features
   blocked = m in BLOCKED_SUM_TILES and cin > SUM_BLOCK and cin % SUM_BLOCK == 0
-  return 2 * macs / GEMM_RATE * (BLOCKED_SUM_COST if blocked else 1) + traffic / STREAM_RATE
+  # A GEMM whose inner dimension (the channel sum) is short runs far below the GEMM rate.
+  rate = GEMM_RATE * min(1.0, cin / GEMM_FULL_RATE_FEATURES)
+  return 2 * macs / rate * (BLOCKED_SUM_COST if blocked else 1) + traffic / STREAM_RATE
 
 
 def _winograd_tile(g: ConvGeometry) -> int:
   return min(AUTO_TILES, key=lambda m: _winograd_seconds(g, m))
 
 
+def _lax_seconds(g: ConvGeometry) -> float:
+  """Predicted seconds of XLA's CPU convolution.
+
+  Near `LAX_RATE` on ungrouped layers; grouped convolutions, depthwise above all, run far slower,
+  roughly in proportion to the input features per group (measured: depthwise 3x3 at 0.6-0.7
+  GFLOP/s).
+  """
+  if g.feature_group_count == 1 and g.batch_group_count == 1:
+    return g.flops / LAX_RATE
+  return g.flops / (LAX_RATE * min(1.0, g.group_in_features / LAX_FULL_RATE_FEATURES))
+
+
 def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:
-  inner = math.prod(g.kernel) * g.group_in_features
   if g.is_empty:
     return "lax", None, "the result is empty or all zeros; there is nothing to compute"
   if g.ndim == 0:
     return "lax", None, "a 0-D convolution is a single matrix product that lax already emits"
   if math.prod(g.kernel) == 1:
     return "lax", None, "a 1x1 kernel is a plain matrix product, which lax emits as such"
-  if inner <= IM2COL_MAX_INNER:
+  inner = math.prod(g.kernel) * g.group_in_features
+  ungrouped = g.feature_group_count == 1 and g.batch_group_count == 1
+  if ungrouped and inner <= IM2COL_MAX_INNER and g.out_features <= IM2COL_MAX_OUT:
     return (
       "im2col",
       None,
       (
-        f"the GEMM inner dimension K*C = {inner} <= {IM2COL_MAX_INNER}: XLA's convolution is slow "
-        "on few input features, one gathered GEMM is not"
+        f"a GEMM of inner dimension K*C = {inner} <= {IM2COL_MAX_INNER} and {g.out_features} <= "
+        f"{IM2COL_MAX_OUT} outputs: XLA's convolution is slow on so few features, one gathered "
+        "GEMM is not"
       ),
     )
   why_not = _cannot(g, "winograd")
   if why_not is None and _nonfinite == "exact":
     why_not = "non-finite values must propagate exactly as in lax (set_nonfinite('exact'))"
-  if why_not is None and max(g.strides) > 1:
-    why_not = "strided Winograd (a sum of phase convolutions) does not pay on this CPU"
   if why_not is None and max(g.rhs_dilation) > 1:
     why_not = "dilated Winograd (interleaved sub-grid convolutions) does not pay on this CPU"
+  if why_not is None and max(g.strides) > 1 and ungrouped:
+    why_not = "strided Winograd (a sum of phase convolutions) does not pay on wide layers"
   if why_not is None:
     m = _winograd_tile(g)
-    gain = (g.flops / LAX_RATE) / _winograd_seconds(g, m)
+    # A strided convolution is a sum of prod(strides) phase convolutions of the output's size.
+    gain = _lax_seconds(g) / (_winograd_seconds(g, m) * math.prod(g.strides))
     if gain >= WINOGRAD_MIN_GAIN:
       return (
         "winograd",
@@ -179,14 +202,7 @@ def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:
         ),
       )
     why_not = f"Winograd's best tile (m={m}) is predicted only {gain:.2f}x faster than lax"
-  return (
-    "lax",
-    None,
-    (
-      f"the GEMM inner dimension K*C = {inner} > {IM2COL_MAX_INNER} (im2col would not pay) and "
-      f"{why_not}"
-    ),
-  )
+  return "lax", None, f"im2col would not pay here and {why_not}"
 
 
 def check_algorithm(algorithm: object) -> None:

@@ -122,6 +122,44 @@ def _matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _stride1(
   x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
 ) -> jax.Array:
+  """`_tiles` on blocks of tile rows when the examples' transformed data exceeds CHUNK_BYTES.
+
+  A block of rows reads its rows of tiles plus the r - 1 rows they overlap by, so large images
+  (a batch of one 224x224 picture, say) keep a cache-sized working set as well.
+  """
+  nd = len(out)
+  m0, r0 = (ms[0], w.shape[0]) if w.shape[0] > 1 else (1, 1)
+  rows = -(-out[0] // m0)
+  ms_eff = [m if r > 1 else 1 for m, r in zip(ms, w.shape[:nd])]
+  row_bytes = (
+    math.prod(m + r - 1 for m, r in zip(ms_eff, w.shape[:nd]))
+    * x.shape[0]
+    * x.shape[1]
+    * math.prod(-(-o // m) for o, m in zip(out[1:], ms_eff[1:]))
+    * (x.shape[-1] + w.shape[-1] * w.shape[-2] * w.shape[-3])
+    * np.dtype(x.dtype).itemsize
+  )
+  n_blocks = min(rows, max(1, -(-row_bytes * rows // CHUNK_BYTES)))
+  if n_blocks == 1:
+    return _tiles(x, w, out, ms, g)
+  per = -(-rows // n_blocks)
+  n_blocks = -(-rows // per)
+  span = per * m0 + r0 - 1
+  x = x[:, :, : n_blocks * per * m0 + r0 - 1]
+  x = jnp.pad(x, [(0, 0)] * 2 + [(0, n_blocks * per * m0 + r0 - 1 - x.shape[2])] + [(0, 0)] * nd)
+
+  def rows_block(i: jax.Array) -> jax.Array:
+    xs = lax.dynamic_slice_in_dim(x, i * per * m0, span, axis=2)
+    return _tiles(xs, w, [per * m0, *out[1:]], ms, g)
+
+  y = lax.map(rows_block, jnp.arange(n_blocks))  # (blocks, E, per * m0, ..., O)
+  y = jnp.moveaxis(y, 0, 1).reshape(x.shape[0], n_blocks * per * m0, *y.shape[3:])
+  return y[:, : out[0]]
+
+
+def _tiles(
+  x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
+) -> jax.Array:
   """VALID stride-1 correlation of a block of examples by Winograd.
 
   Args:

@@ -233,3 +233,26 @@ def test_every_tile_runs_in_every_spatial_case():
       padding="SAME",
       dimension_numbers=NHWC,
     )
+
+
+@pytest.mark.parametrize(
+  "lhs_shape,rhs_shape,strides",
+  [
+    ((1, 30, 29, 4), (3, 3, 4, 6), (1, 1)),
+    ((3, 17, 31, 3), (5, 2, 3, 4), (2, 1)),
+    ((1, 40, 5), (3, 5, 7), (1,)),
+  ],
+  ids=str,
+)
+def test_blocks_of_examples_and_tile_rows(lhs_shape, rhs_shape, strides, monkeypatch):
+  from jaxconv import _winograd
+  from jaxconv._geometry import normalize
+
+  monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1 << 14)  # forces both kinds of blocks
+  rng = rng_for(f"blocks{lhs_shape}")
+  x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
+  dn = NHWC if len(lhs_shape) == 4 else ("NWC", "WIO", "NWC")
+  kw = dict(window_strides=strides, padding="SAME", dimension_numbers=dn, precision=HIGHEST)
+  g = normalize(x, w, **kw)
+  out = jax.jit(lambda x, w: _winograd.winograd(x, w, g, (4,) * g.ndim))(x, w)
+  assert rel_err(out, lax.conv_general_dilated(x, w, **kw)) < 1e-5
