@@ -1,0 +1,174 @@
+"""The benchmark shape table, `jaxconv bench` end to end on a tiny layer, and the seed demo."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import jax
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+from jaxconv import _bench, _demo
+from jaxconv._cli import main
+from jaxconv._shapes import SHAPES, Shape, by_name, select
+
+
+def test_table_is_well_formed():
+  assert len({s.name for s in SHAPES}) == len(SHAPES)
+  for s in SHAPES:
+    lay_in, lay_k, lay_out = s.layout
+    assert len(s.lhs) == len(lay_in) == len(s.rhs) == len(lay_k) == len(lay_out), s.name
+    assert len(s.strides) == len(s.lhs) - 2, s.name
+    assert s.dtype in ("float32", "bfloat16") and s.dtype in s.tags, s.name
+    assert s.lhs[lay_in.index("C")] == s.groups * s.rhs[lay_k.index("I")], s.name
+    assert s.describe() and s.note, s.name
+    json.dumps(s.as_dict())
+
+
+def test_table_covers_the_networks():
+  tags = Counter(t for s in SHAPES for t in s.tags)
+  assert tags["vgg"] == 13
+  assert tags["mobilenet"] == 3 and all(s.groups == s.lhs[-1] for s in select(["mobilenet"]))
+  assert {s.name for s in select(["resnet"], dtype="float32")} >= {
+    "resnet50-56x64",
+    "resnet50-7x512",
+    "resnet50-56x128-s2",
+    "resnet50-14x512-s2",
+  }
+  assert tags["1d"] == 2 and tags["5x5"] == 1 and tags["bfloat16"] >= 1
+  seed = by_name("seed")
+  assert (seed.lhs, seed.rhs, seed.padding) == ((8, 150, 150, 3), (3, 3, 3, 16), "VALID")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_every_entry_is_accepted_by_plan(shape: Shape):
+  structs = [jax.ShapeDtypeStruct(a, shape.dtype) for a in (shape.lhs, shape.rhs)]
+  p = jaxconv.plan(*structs, **shape.kwargs())
+  assert p.flops > 0 and math.prod(p.out_shape) > 0
+  assert _bench.plan_key(shape, "im2col") == ("im2col", None)
+
+
+def test_selection():
+  default = select()
+  assert default and all("tiny" not in s.tags for s in default)
+  quick = select(quick=True)
+  assert 0 < len(quick) < len(default) and all("quick" in s.tags for s in quick)
+  # The quick subset stays small: a few GFLOP in all.
+  assert sum(jaxconv.plan(*s.arrays(), **s.kwargs()).flops for s in quick) < 30e9
+  assert [s.name for s in select(["tiny", "seed"])] == ["seed", "tiny"]
+  assert all(s.dtype == "bfloat16" for s in select(dtype="bfloat16"))
+  with pytest.raises(KeyError, match="unknown shape"):
+    select(["no-such-layer"])
+
+
+def test_reference_matches_lax_in_float64_for_any_layout():
+  for s in (
+    Shape(
+      "nchw", (2, 6, 9, 8), (6, 2, 3, 3), (1, 2), ((1, 0), (2, 1)), 3, ("NCHW", "OIHW", "NHWC")
+    ),
+    Shape("ncw", (2, 6, 9), (4, 3, 3), (2,), "SAME", 2, ("NCW", "OIW", "NCW")),
+    by_name("tiny"),
+  ):
+    x, k = s.arrays()
+    with jax.enable_x64(True):
+      want = lax.conv_general_dilated(
+        x.astype(np.float64), k.astype(np.float64), **s.kwargs(), precision="highest"
+      )
+    got = _bench.reference(s, x, k)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-12, atol=1e-12)
+
+
+def _bench_args(out, *extra):
+  return [
+    "bench",
+    "--shapes",
+    "tiny-wide",
+    "--rounds",
+    "1",
+    "--min-round-s",
+    "0.001",
+    "--gemm-n",
+    "128",
+    "--copy-mib",
+    "2",
+    "--no-progress",
+    "--algorithms",
+    "auto,im2col,winograd,winograd2",
+    "--out",
+    str(out),
+    *extra,
+  ]
+
+
+def test_cli_bench_end_to_end(tmp_path, capsys):
+  first = tmp_path / "first"
+  assert main(_bench_args(first)) == 0
+  text = capsys.readouterr().out
+  assert "tiny-wide" in text and "lax ms" in text and "float32 GEMM" in text
+  for name in ("bench.json", "bench.md", "speedup.png", "throughput.png"):
+    assert (first / name).stat().st_size > 0, name
+  record = json.loads((first / "bench.json").read_text())
+  assert record["command"].startswith("jaxconv bench --shapes tiny-wide")
+  machine = record["machine"]
+  assert machine["jax"] == jax.__version__ and machine["cpu_cores"] >= 1
+  assert record["rates"]["gemm_flops"] > 0 and record["rates"]["bandwidth_bytes_s"] > 0
+  (layer,) = record["shapes"]
+  res = layer["results"]
+  assert set(res) == {"lax", "auto", "im2col", "winograd", "winograd2"}
+  assert res["lax"]["speedup"] == 1.0
+  for name, r in res.items():
+    assert r["ms"] > 0 and r["gflops"] > 0 and r["error"] < 1e-5, name
+  # auto ran whatever it picked: timed once, reported under both names.
+  picked = res["auto"]["algorithm"]
+  assert res["auto"]["same_as"] in ("lax", "im2col", "winograd", "winograd2"), picked
+  assert layer["auto"]["algorithm"] == picked
+
+  second = tmp_path / "second"
+  assert main([*_bench_args(second, "--no-figures"), "--compare", str(first / "bench.json")]) == 0
+  text = capsys.readouterr().out
+  assert "old ms" in text and "tiny-wide" in text
+  assert not (second / "speedup.png").exists()
+
+  # Two files: compare without running.
+  assert main(["bench", "--compare", str(first / "bench.json"), str(second / "bench.json")]) == 0
+  assert "change" in capsys.readouterr().out
+
+
+def test_cli_bench_rejects_bad_selections(capsys):
+  assert main(["bench", "--shapes", "no-such-layer"]) == 2
+  assert main(["bench", "--shapes", "tiny", "--algorithms", "fft"]) == 2
+  assert "unknown" in capsys.readouterr().err
+
+
+def test_demo_numpy_im2col_equals_lax():
+  rng = np.random.default_rng(0)
+  x = rng.random((2, 11, 9, 3))
+  w = rng.standard_normal((3, 3, 3, 5))
+  for stride in (1, 2):
+    want = lax.conv_general_dilated(
+      x, w, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(_demo.im2col_numpy(x, w, stride), want, rtol=1e-12, atol=1e-12)
+
+
+def test_demo_winograd_patch_equals_correlation():
+  signal = pytest.importorskip("scipy.signal")
+  rng = np.random.default_rng(1)
+  d, g = rng.standard_normal((6, 6)), _demo.EDGE.astype(np.float64)
+  np.testing.assert_allclose(
+    _demo.winograd_patch(d, g), signal.correlate(d, g, mode="valid"), atol=1e-12
+  )
+
+
+def test_demo_runs(tmp_path, capsys):
+  assert (
+    main(["demo", "--size", "20", "--batch", "2", "--rounds", "1", "--out", str(tmp_path)]) == 0
+  )
+  text = capsys.readouterr().out
+  assert "Winograd F(4, 3)" in text and "numpy im2col" in text
+  assert (tmp_path / "demo.png").stat().st_size > 0
