@@ -1,0 +1,49 @@
+"""Cases found by property-based testing, kept as explicit tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+
+LHS = np.array(
+  [
+    [
+      [0.12573022, -0.13210486, 0.64042264, 0.10490011, -0.5356694],
+      [0.36159506, 1.304, 0.94708097, -0.70373523, -1.2654215],
+    ],
+    [
+      [-0.62327445, 0.04132598, -2.3250308, -0.21879166, -1.245911],
+      [-0.7322674, -0.544259, -0.31630015, 0.41163054, 1.0425134],
+    ],
+  ],
+  np.float32,
+)
+RHS = np.array(
+  [
+    [
+      [-0.12853466, 1.3664634, -0.6651947, 0.35151008],
+      [0.90347016, 0.0940123, -0.7434993, -0.9217254],
+    ]
+  ],
+  np.float32,
+)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd2", "winograd4", "winograd6", "auto"])
+def test_negative_low_padding_1d(algorithm):
+  # Padding (-1, 1) on a length-5 input with a length-4 kernel: the exact result is the VALID
+  # correlation of x[1:] followed by one zero. XLA's CPU convolution (jax 0.10.2) returns a wrong
+  # second output here; jaxconv computes the exact one.
+  padded = np.concatenate([LHS[:, :, 1:], np.zeros((2, 2, 1), np.float32)], axis=2)
+  exact = np.einsum(
+    "ncok,ck->no", np.lib.stride_tricks.sliding_window_view(padded, 4, 2), RHS[0].astype(np.float64)
+  )[:, None]
+  via_valid = lax.conv_general_dilated(padded, RHS, (1,), "VALID", precision="highest")
+  np.testing.assert_allclose(via_valid, exact, rtol=1e-5, atol=1e-5)
+  out = jaxconv.conv_general_dilated(
+    LHS, RHS, (1,), ((-1, 1),), precision="highest", algorithm=algorithm
+  )
+  np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-5)
