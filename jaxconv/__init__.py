@@ -2,15 +2,19 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from jaxconv import flax as flax  # Flax itself is imported only when its helpers are called
 from jaxconv._api import ConvGeneralDilated as ConvGeneralDilated
 from jaxconv._api import conv_general_dilated as conv_general_dilated
 from jaxconv._api import plan as plan
 from jaxconv._geometry import ConvGeometry as ConvGeometry
 from jaxconv._im2col import patch_budget as patch_budget
 from jaxconv._im2col import set_patch_budget as set_patch_budget
+from jaxconv._intercept import use as use
 from jaxconv._select import ALGORITHMS as ALGORITHMS
 from jaxconv._select import Plan as Plan
 from jaxconv._select import set_nonfinite as set_nonfinite
+from jaxconv._transforms import default_points as default_points
+from jaxconv._transforms import winograd_matrices as winograd_matrices
 
 try:
   __version__ = version("jaxconv")
@@ -23,8 +27,12 @@ __all__ = [
   "ConvGeometry",
   "Plan",
   "conv_general_dilated",
+  "default_points",
+  "flax",
   "patch_budget",
   "plan",
   "set_nonfinite",
   "set_patch_budget",
+  "use",
+  "winograd_matrices",
 ]

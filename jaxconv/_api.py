@@ -11,6 +11,7 @@ import jax
 from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
+from jaxconv._autodiff import conv as _conv_with_rules
 from jaxconv._geometry import ConvGeometry, normalize
 from jaxconv._im2col import im2col
 from jaxconv._select import Plan, check_algorithm, choose
@@ -175,8 +176,10 @@ def conv_general_dilated(
       preferred_element_type,
       out_sharding=out_sharding,
     )
-  out = _run(lhs, rhs, p.geometry, p.algorithm, p.tile)
-  if out_sharding is not None:
+  # One primitive with jaxconv's own jvp, transpose and batching rules, which runs `_run`.
+  out = _conv_with_rules(lhs, rhs, p.geometry, p.algorithm, p.tile, out_sharding)
+  # lax's transpose rules pass their operand's sharding, which outside any mesh has an empty one.
+  if out_sharding is not None and not getattr(getattr(out_sharding, "mesh", None), "empty", False):
     out = jax.sharding.reshard(out, out_sharding)
   return out
 

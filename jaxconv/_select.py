@@ -48,12 +48,14 @@ MAX_WINOGRAD_KERNEL = 7
 IM2COL_MAX_INNER = 64
 IM2COL_MAX_OUT = 32
 WINOGRAD_MIN_GAIN = 1.1
-# Measured rates (float32, 2 cores): see the module docstring.
-LAX_RATE = 100e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers
-LAX_FULL_RATE_FEATURES = 64  # input features per group from which lax reaches LAX_RATE
-GEMM_RATE = 90e9  # FLOP/s of the batched GEMMs of the multiplication stage
+# Measured rates (float32, 2 cores), fitted to the ResNet-50 3x3 layers (docs/benchmarks.md).
+LAX_RATE = 190e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers
+LAX_FULL_RATE_FEATURES = 128  # input features per group from which lax reaches LAX_RATE
+LAX_MIN_SHARE = 0.3  # ungrouped layers with few features still reach this share of LAX_RATE
+GEMM_RATE = 154e9  # FLOP/s of the batched GEMMs of the multiplication stage
 GEMM_FULL_RATE_FEATURES = 32  # channel-sum length from which those GEMMs reach GEMM_RATE
-STREAM_RATE = 6e9  # bytes/s through the input and output transforms
+STREAM_RATE = 8.5e9  # bytes/s of transformed input and product through the transforms
+KERNEL_RATE = 4.2e9  # bytes/s of transformed kernel (written fresh on every call)
 BLOCKED_SUM_COST = 2.0  # GEMM time factor of channel sums split into blocks (for accuracy)
 
 
@@ -131,19 +133,19 @@ def _winograd_seconds(g: ConvGeometry, m: int) -> float:
   ms = [m if k > 1 else 1 for k in g.kernel]
   n_pos = math.prod(mm + k - 1 for mm, k in zip(ms, g.kernel))
   tiles = g.batch * math.prod(-(-o // mm) for o, mm in zip(g.out_spatial, ms))
-  cin, cout = g.in_features, g.out_features
-  macs = n_pos * tiles * g.group_in_features * cout
-  itemsize = np.dtype(work_dtype(g)).itemsize
-  traffic = itemsize * (
-    n_pos * tiles * (cin + cout)  # transformed input and product
-    + math.prod(g.padded_spatial) * g.batch * cin  # input read
-    + n_pos * g.group_in_features * cout  # transformed kernel
-  )
   cin = g.group_in_features
+  itemsize = np.dtype(work_dtype(g)).itemsize
+  # Transformed input and product, plus the input read once.
+  data = itemsize * (
+    n_pos * tiles * (g.in_features + g.out_features)
+    + math.prod(g.padded_spatial) * g.batch * g.in_features
+  )
+  kernel = itemsize * n_pos * cin * g.out_features  # the transformed kernel
   blocked = m in BLOCKED_SUM_TILES and cin > SUM_BLOCK and cin % SUM_BLOCK == 0
   # A GEMM whose inner dimension (the channel sum) is short runs far below the GEMM rate.
   rate = GEMM_RATE * min(1.0, cin / GEMM_FULL_RATE_FEATURES)
-  return 2 * macs / rate * (BLOCKED_SUM_COST if blocked else 1) + traffic / STREAM_RATE
+  gemm = 2 * n_pos * tiles * cin * g.out_features / rate * (BLOCKED_SUM_COST if blocked else 1)
+  return gemm + data / STREAM_RATE + kernel / KERNEL_RATE
 
 
 def _winograd_tile(g: ConvGeometry) -> int:
@@ -153,13 +155,15 @@ def _winograd_tile(g: ConvGeometry) -> int:
 def _lax_seconds(g: ConvGeometry) -> float:
   """Predicted seconds of XLA's CPU convolution.
 
-  Near `LAX_RATE` on ungrouped layers; grouped convolutions, depthwise above all, run far slower,
-  roughly in proportion to the input features per group (measured: depthwise 3x3 at 0.6-0.7
-  GFLOP/s).
+  `LAX_RATE` from `LAX_FULL_RATE_FEATURES` input features per group on, and roughly in proportion
+  below (measured: 102 GFLOP/s at 64 features, 164-196 at 128-512); ungrouped layers never drop
+  below `LAX_MIN_SHARE` of it (59 GFLOP/s on VGG's RGB layer), grouped ones do (depthwise 3x3:
+  0.6-0.7 GFLOP/s).
   """
+  share = min(1.0, g.group_in_features / LAX_FULL_RATE_FEATURES)
   if g.feature_group_count == 1 and g.batch_group_count == 1:
-    return g.flops / LAX_RATE
-  return g.flops / (LAX_RATE * min(1.0, g.group_in_features / LAX_FULL_RATE_FEATURES))
+    share = max(share, LAX_MIN_SHARE)
+  return g.flops / (LAX_RATE * share)
 
 
 def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:
