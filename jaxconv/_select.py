@@ -13,8 +13,8 @@ The `auto` rule, in order:
    features. There (an RGB stem such as the seed example, 3 -> 16) XLA's CPU convolution runs far
    below its GEMM rate while one gathered GEMM does not; with 64 outputs (VGG's first layer) lax
    is faster again.
-3. Winograd when it applies (1-D or 2-D, floating point, kernel 2..7 wide, no kernel dilation,
-   stride 1 unless grouped) and its predicted time beats lax's by `WINOGRAD_MIN_GAIN`; the tile
+3. Winograd when it applies (2-D, floating point, kernel 2..7 wide, no kernel dilation, stride 1
+   unless grouped) and its predicted time beats lax's by `WINOGRAD_MIN_GAIN`; the tile
    size m is the one with the lowest predicted time among `AUTO_TILES`. Depthwise and grouped
    layers, where XLA's CPU convolution is slowest, qualify even when strided.
 4. Otherwise lax.
@@ -188,6 +188,8 @@ def _auto(g: ConvGeometry) -> tuple[str, int | None, str]:
   why_not = _cannot(g, "winograd")
   if why_not is None and _nonfinite == "exact":
     why_not = "non-finite values must propagate exactly as in lax (set_nonfinite('exact'))"
+  if why_not is None and g.ndim == 1:
+    why_not = "1-D Winograd saves 2x, not 4x, and measured slower than lax (0.79x, 8x4096x256)"
   if why_not is None and max(g.rhs_dilation) > 1:
     why_not = "dilated Winograd (interleaved sub-grid convolutions) does not pay on this CPU"
   if why_not is None and max(g.strides) > 1 and ungrouped:
