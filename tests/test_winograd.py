@@ -200,11 +200,12 @@ def test_jit_vmap_grad():
 ACCURACY_BOUNDS = {2: 1.5, 4: 5.0, 6: 10.0}
 
 
+@pytest.mark.parametrize("channels,size", [(64, 16), (512, 8)], ids=["C64", "C512"])
 @pytest.mark.parametrize("m", sorted(ACCURACY_BOUNDS))
-def test_accuracy_against_float64(m):
-  rng = rng_for(f"accuracy{m}")
-  x = rng.standard_normal((2, 16, 16, 64))
-  w = rng.standard_normal((3, 3, 64, 64))
+def test_accuracy_against_float64(m, channels, size):
+  rng = rng_for(f"accuracy{m}{channels}")
+  x = rng.standard_normal((2, size, size, channels))
+  w = rng.standard_normal((3, 3, channels, channels))
   kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC, precision=HIGHEST)
   exact = lax.conv_general_dilated(x, w, **kw)  # float64
   x32, w32 = x.astype(np.float32), w.astype(np.float32)
