@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from jaxconv import flax as flax  # Flax itself is imported only when its helpers are called
 from jaxconv._api import ConvGeneralDilated as ConvGeneralDilated
+from jaxconv._api import cache_info as cache_info
 from jaxconv._api import conv_general_dilated as conv_general_dilated
 from jaxconv._api import plan as plan
 from jaxconv._geometry import ConvGeometry as ConvGeometry
@@ -26,6 +27,7 @@ __all__ = [
   "ConvGeneralDilated",
   "ConvGeometry",
   "Plan",
+  "cache_info",
   "conv_general_dilated",
   "default_points",
   "flax",

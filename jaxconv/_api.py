@@ -11,13 +11,14 @@ import jax
 from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
+from jaxconv import _geometry, _transforms
 from jaxconv._autodiff import conv as _conv_with_rules
 from jaxconv._geometry import ConvGeometry, normalize
-from jaxconv._im2col import im2col
+from jaxconv._im2col import im2col, im2col_indices
 from jaxconv._select import Plan, check_algorithm, choose
 from jaxconv._winograd import winograd
 
-__all__ = ["ConvGeneralDilated", "conv_general_dilated", "plan"]
+__all__ = ["ConvGeneralDilated", "cache_info", "conv_general_dilated", "plan"]
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
@@ -29,6 +30,21 @@ def _run(
   if algorithm == "winograd":
     return winograd(lhs, rhs, g, tile)
   raise AssertionError(f"no implementation registered for {algorithm!r}")
+
+
+def cache_info() -> dict[str, functools._CacheInfo]:
+  """Hits, misses and bounds of jaxconv's trace-time caches (all bounded LRUs, thread-safe).
+
+  Example:
+    >>> import jaxconv
+    >>> sorted(jaxconv.cache_info())
+    ['geometry', 'im2col_indices', 'winograd_matrices']
+  """
+  return {
+    "geometry": _geometry._normalize_cached.cache_info(),
+    "im2col_indices": im2col_indices.cache_info(),
+    "winograd_matrices": _transforms._floating.cache_info(),
+  }
 
 
 # The lax algorithm, bound at import: patching `lax.conv_general_dilated` later never routes it
