@@ -33,7 +33,7 @@ from jax import lax
 
 from jaxconv._geometry import ConvGeometry
 
-__all__ = ["im2col", "im2col_indices", "patch_budget", "patch_bytes", "set_patch_budget"]
+__all__ = ["im2col", "im2col_indices", "patch_budget", "set_patch_budget"]
 
 _DEFAULT_BUDGET = 1 << 30
 RUN_MAX_FEATURES = 8
@@ -61,17 +61,6 @@ def set_patch_budget(nbytes: int) -> int:
     raise ValueError(f"`nbytes` must be a positive number of bytes, got {nbytes!r}.")
   old, _budget = _budget, int(nbytes)
   return old
-
-
-def _compute_itemsize(g: ConvGeometry) -> int:
-  return np.dtype(_compute_dtype(g)).itemsize
-
-
-def patch_bytes(g: ConvGeometry) -> int:
-  """Bytes of the full patch matrix for the whole batch."""
-  return (
-    g.batch * math.prod(g.out_spatial) * math.prod(g.kernel) * g.in_features * _compute_itemsize(g)
-  )
 
 
 @functools.lru_cache(maxsize=256)
