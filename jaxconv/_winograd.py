@@ -64,6 +64,7 @@ CHUNK_BYTES = 16 << 20
 # direct convolution's error unblocked, 0.94x blocked (bound 1.5x); F(6,3) 15.5x and 8.9x (bound
 # 10x); F(4,3) 3.7x unblocked is within its bound (5x) and keeps the faster single GEMM.
 SUM_BLOCK = 128
+# A transformed kernel above this size is made and used one block of output features at a time.
 U_BLOCK_BYTES = 12 << 20
 BLOCKED_SUM_TILES = (2, 6)
 
