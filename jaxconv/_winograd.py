@@ -12,7 +12,7 @@ layer the pointwise product becomes a sum over input channels: for every one of 
 transformed positions, a GEMM ``(tiles, C) @ (C, O)``. F(4, 3) thus does 36 multiplications for 16
 outputs where the direct method does 144: 4x fewer, paid for with cheap transforms.
 
-The pipeline, for a block of examples at a time (blocks stay under `CHUNK_BYTES`; every GEMM has
+The pipeline, for a block of examples at a time (see `SPLIT_ABOVE_BYTES`; every GEMM has
 all the block's tiles as rows):
 
 1. Dilate and pad the input (`lax.pad`), exactly as im2col does.
@@ -54,9 +54,12 @@ from jaxconv._transforms import winograd_matrices
 
 __all__ = ["winograd", "winograd_support", "work_dtype"]
 
-# Per chunk of examples, the transformed input and product stay under this many bytes: small enough
-# to stay in cache and below the allocator's mmap threshold (a fresh mmap per call costs page
-# faults), large enough to keep the GEMMs efficient.
+# Transformed input and product up to SPLIT_ABOVE_BYTES are computed in one piece, where XLA runs
+# the GEMMs on all cores; above it, in blocks of CHUNK_BYTES, a loop whose fresh buffers stay small
+# (each large fresh buffer costs a page fault per 4 KiB). Measured (docs/benchmarks.md): ResNet's
+# 56x56x64 layer (29 MB) ran 6.1-6.3 ms in one piece against 8.5 ms in 16 MB blocks; VGG's
+# 224x224x64 layer (58 MB) 19.1 ms in 16 MB blocks against 35.0 ms in one piece.
+SPLIT_ABOVE_BYTES = 32 << 20
 CHUNK_BYTES = 16 << 20
 # Channel sums longer than SUM_BLOCK are split into blocks and the partial GEMM results added, for
 # the tile sizes whose float32 error bound needs it: a GEMM accumulates sequentially, and the
@@ -123,7 +126,7 @@ def _matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _stride1(
   x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
 ) -> jax.Array:
-  """`_tiles` on blocks of tile rows when the examples' transformed data exceeds CHUNK_BYTES.
+  """`_tiles` on blocks of tile rows when the examples' transformed data is too large.
 
   A block of rows reads its rows of tiles plus the r - 1 rows they overlap by, so large images
   (a batch of one 224x224 picture, say) keep a cache-sized working set as well.
@@ -140,7 +143,7 @@ def _stride1(
     * (x.shape[-1] + w.shape[-1] * w.shape[-2] * w.shape[-3])
     * np.dtype(x.dtype).itemsize
   )
-  n_blocks = min(rows, max(1, -(-row_bytes * rows // CHUNK_BYTES)))
+  n_blocks = min(rows, _blocks(row_bytes * rows))
   if n_blocks == 1:
     return _tiles(x, w, out, ms, g)
   per = -(-rows // n_blocks)
@@ -262,6 +265,11 @@ def _tiles(
   return y[(slice(None), *(slice(0, o) for o in out))]
 
 
+def _blocks(nbytes: int) -> int:
+  """How many blocks to compute `nbytes` of transformed data in."""
+  return 1 if nbytes <= SPLIT_ABOVE_BYTES else -(-nbytes // CHUNK_BYTES)
+
+
 def _output_blocks(u_bytes: int, out_features: int) -> int:
   """The fewest equal output-feature blocks that bring the transformed kernel under budget."""
   for k in range(1, out_features + 1):
@@ -322,9 +330,9 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
         y = y.at[(slice(None), *y_sl)].add(part)
     return y
 
-  # Examples are processed in blocks whose transformed data stays under CHUNK_BYTES.
+  # Examples are processed in blocks whose transformed data stays small.
   total = _bytes_per_example(g, m, wdt) * g.out_batch
-  n_blocks = min(g.out_batch, max(1, -(-total // CHUNK_BYTES)))
+  n_blocks = min(g.out_batch, _blocks(total))
   size = -(-g.out_batch // n_blocks)  # balanced blocks: the last one is padded by < n_blocks
   n_blocks = -(-g.out_batch // size)
   if n_blocks == 1:

@@ -249,7 +249,8 @@ def test_blocks_of_examples_and_tile_rows(lhs_shape, rhs_shape, strides, monkeyp
   from jaxconv import _winograd
   from jaxconv._geometry import normalize
 
-  monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1 << 14)  # forces both kinds of blocks
+  monkeypatch.setattr(_winograd, "SPLIT_ABOVE_BYTES", 1 << 14)  # forces both kinds of blocks
+  monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1 << 14)
   rng = rng_for(f"blocks{lhs_shape}")
   x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
   dn = NHWC if len(lhs_shape) == 4 else ("NWC", "WIO", "NWC")
