@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["ConvGeometry", "PaddingError", "RankError", "normalize"]
+__all__ = ["ConvGeometry", "PaddingError", "RankError", "grouped_operands", "normalize"]
 
 
 # Two cases where lax raises an unusual exception type. Ours subclass both the conventional type and
@@ -127,6 +128,11 @@ class ConvGeometry:
     """True when the result has no elements or every output is an empty sum (zeros)."""
     return math.prod(self.out_shape) == 0 or self.group_in_features == 0
 
+  @property
+  def pad_config(self) -> tuple[tuple[int, int, int], ...]:
+    """`lax.pad` configuration of the spatial axes: (low, high, interior) with lhs dilation."""
+    return tuple((lo, hi, ld - 1) for (lo, hi), ld in zip(self.padding, self.lhs_dilation))
+
   # Layout permutations. ----------------------------------------------------------------------
 
   @property
@@ -149,6 +155,24 @@ class ConvGeometry:
     for i, axis in enumerate(spec[2:]):
       perm[axis] = i + 1
     return tuple(perm)
+
+
+def grouped_operands(
+  lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+  """The operands as every algorithm consumes them, channels-last and split into groups.
+
+  Returns:
+    ``x`` of shape ``(N / B, B, *spatial, C)`` (lax splits the batch group-major) and ``w`` of
+    shape ``(*kernel, I, G, B, O / (G * B))``; one of G and B is 1, so output features stay
+    group-major.
+  """
+  fgc, bgc = g.feature_group_count, g.batch_group_count
+  x = jnp.transpose(lhs, g.lhs_to_channels_last).astype(dtype)
+  w = jnp.transpose(rhs, g.rhs_to_channels_last).astype(dtype)
+  w = w.reshape(*g.kernel, g.group_in_features, fgc, bgc, g.out_features // (fgc * bgc))
+  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
+  return x, w
 
 
 def _int_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:

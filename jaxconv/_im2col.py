@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv._geometry import ConvGeometry
+from jaxconv._geometry import ConvGeometry, grouped_operands
 
 __all__ = ["im2col", "im2col_indices", "patch_budget", "set_patch_budget"]
 
@@ -118,22 +118,13 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
     return jnp.zeros(g.out_shape, g.out_dtype)
   nd, fgc, bgc = g.ndim, g.feature_group_count, g.batch_group_count
   cdt = _compute_dtype(g)
-  x = jnp.transpose(lhs, g.lhs_to_channels_last).astype(cdt)  # (N, *S, C)
-  w = jnp.transpose(rhs, g.rhs_to_channels_last).astype(cdt)  # (*K, I, O)
+  x, w = grouped_operands(lhs, rhs, g, cdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
   taps, cin_g = math.prod(g.kernel), g.group_in_features
-  out_g = g.out_features // (fgc * bgc)
-  # Kernel (K, I, G, B, O/(G*B)): one of G and B is 1, so output features stay group-major.
-  w = w.reshape(taps, cin_g, fgc, bgc, out_g)
-  # Examples (N_out, B, *S, C): lax splits the batch group-major.
-  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
+  w = w.reshape(taps, *w.shape[nd:])
 
   padded, out = g.padded_spatial, g.out_spatial
   index = im2col_indices(padded, out, g.kernel, g.strides, g.rhs_dilation)
-  pad_config = (
-    [(0, 0, 0)]
-    + [(lo, hi, ld - 1) for (lo, hi), ld in zip(g.padding, g.lhs_dilation)]
-    + [(0, 0, 0)]
-  )
+  pad_config = [(0, 0, 0), *g.pad_config, (0, 0, 0)]  # (B, *S, C)
   acc = _accumulate_dtype(g)
 
   # Along the last spatial dimension, with no kernel dilation there, the taps of one window are

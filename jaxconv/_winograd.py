@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv._geometry import ConvGeometry
+from jaxconv._geometry import ConvGeometry, grouped_operands
 from jaxconv._transforms import winograd_matrices
 
 __all__ = ["winograd", "winograd_support", "work_dtype"]
@@ -301,23 +301,14 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
   """
   if g.is_empty:
     return jnp.zeros(g.out_shape, g.out_dtype)
-  fgc, bgc = g.feature_group_count, g.batch_group_count
   wdt = work_dtype(g)
-  x = jnp.transpose(lhs, g.lhs_to_channels_last).astype(wdt)
-  w = jnp.transpose(rhs, g.rhs_to_channels_last).astype(wdt)
-  w = w.reshape(*g.kernel, g.group_in_features, fgc, bgc, g.out_features // (fgc * bgc))
-  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
-  pad_config = (
-    [(0, 0, 0)]
-    + [(lo, hi, ld - 1) for (lo, hi), ld in zip(g.padding, g.lhs_dilation)]
-    + [(0, 0, 0)]
-  )  # (B, *spatial, C)
+  x, w = grouped_operands(lhs, rhs, g, wdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
   out = g.out_spatial
   axes = [_phases(k, o, s, d) for k, o, s, d in zip(g.kernel, out, g.strides, g.rhs_dilation)]
 
   def block(xb: jax.Array) -> jax.Array:
     # xb: (E, B, *S, C), a block of examples, computed together so every GEMM has E * tiles rows.
-    xb = lax.pad(xb, jnp.zeros((), xb.dtype), [(0, 0, 0), *pad_config])
+    xb = lax.pad(xb, jnp.zeros((), xb.dtype), [(0, 0, 0), (0, 0, 0), *g.pad_config, (0, 0, 0)])
     y = None
     for combo in itertools.product(*axes):
       x_sl, w_sl, y_sl = zip(*combo)
