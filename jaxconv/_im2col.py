@@ -12,8 +12,8 @@ the inner dimension (a batched GEMM over groups when `feature_group_count` or `b
 only summed in a different order. The per-example computation is vmapped over the batch.
 
 The patch matrix is ``K`` times larger than the input. When it would exceed `patch_budget()` bytes,
-the work is split: first over examples (`lax.map` with a batch size), then, when one example alone
-is too big, over blocks of output positions.
+the work is split: first over blocks of examples (`jaxconv._loops.map_blocks`), then, when one
+example alone is too big, over blocks of output positions.
 
 Reference: K. Chellapilla, S. Puri, P. Simard, "High performance convolutional neural networks for
 document processing" (2006); the Caffe implementation popularised the name.
@@ -32,10 +32,13 @@ import numpy as np
 from jax import lax
 
 from jaxconv._geometry import ConvGeometry, grouped_operands
+from jaxconv._loops import map_blocks
 
 __all__ = ["im2col", "im2col_indices", "patch_budget", "set_patch_budget"]
 
-_DEFAULT_BUDGET = 1 << 30
+# 256 MiB keeps im2col within 1.5x of lax's peak memory on large inputs (bench/memory.py), and every
+# patch GEMM is still about 100,000 rows tall at 64x224x224x64.
+_DEFAULT_BUDGET = 256 << 20
 RUN_MAX_FEATURES = 8
 _budget = int(os.environ.get("JAXCONV_PATCH_BUDGET", _DEFAULT_BUDGET))
 
@@ -43,7 +46,7 @@ _budget = int(os.environ.get("JAXCONV_PATCH_BUDGET", _DEFAULT_BUDGET))
 def patch_budget() -> int:
   """Returns the largest patch buffer, in bytes, that im2col materialises at once.
 
-  The default is 1 GiB, or the integer in the environment variable ``JAXCONV_PATCH_BUDGET``.
+  The default is 256 MiB, or the integer in the environment variable ``JAXCONV_PATCH_BUDGET``.
   """
   return _budget
 
@@ -187,10 +190,7 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
     return y.reshape(*out, g.out_features)
 
   examples_per_chunk = max(1, budget // max(per_row * rows, 1))
-  if examples_per_chunk >= g.out_batch:
-    y = jax.vmap(one_example)(x)
-  else:
-    y = lax.map(one_example, x, batch_size=examples_per_chunk)
+  y = map_blocks(jax.vmap(one_example), x, examples_per_chunk)
   chex.assert_shape(y, (g.out_batch, *out, g.out_features))
   y = jnp.transpose(y, g.channels_last_to_out)
   if g.dtype == np.bool_ and g.preferred_element_type is None:

@@ -50,6 +50,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv._geometry import ConvGeometry, grouped_operands
+from jaxconv._loops import map_blocks
 from jaxconv._transforms import winograd_matrices
 
 __all__ = ["winograd", "winograd_support", "work_dtype"]
@@ -322,16 +323,8 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
     return y
 
   # Examples are processed in blocks whose transformed data stays small.
-  total = _bytes_per_example(g, m, wdt) * g.out_batch
-  n_blocks = min(g.out_batch, _blocks(total))
-  size = -(-g.out_batch // n_blocks)  # balanced blocks: the last one is padded by < n_blocks
-  n_blocks = -(-g.out_batch // size)
-  if n_blocks == 1:
-    y = block(x)
-  else:
-    x = jnp.pad(x, [(0, n_blocks * size - g.out_batch)] + [(0, 0)] * (x.ndim - 1))
-    y = lax.map(block, x.reshape(n_blocks, size, *x.shape[1:]))
-    y = y.reshape(n_blocks * size, *y.shape[2:])[: g.out_batch]
+  n_blocks = min(g.out_batch, _blocks(_bytes_per_example(g, m, wdt) * g.out_batch))
+  y = map_blocks(block, x, -(-g.out_batch // n_blocks))
   chex.assert_shape(y, (g.out_batch, *out, g.out_features))
   return jnp.transpose(y, g.channels_last_to_out).astype(g.out_dtype)
 
