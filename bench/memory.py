@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import subprocess
 import sys
 import time
@@ -90,8 +91,11 @@ def measure(algorithm: str, args: argparse.Namespace) -> dict:
     *("--batch", str(args.batch), "--size", str(args.size)),
     *("--channels", str(args.channels), "--kernel", str(args.kernel)),
   ]
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # whatever found jaxconv here
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if done.returncode:
+    raise RuntimeError(f"{algorithm} failed:\n{done.stderr}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(records: list[dict], args: argparse.Namespace) -> str:

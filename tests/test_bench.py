@@ -1,10 +1,14 @@
-"""The benchmark shape table, `jaxconv bench` end to end on a tiny layer, and the seed demo."""
+"""The benchmark shape table, `jaxconv bench` end to end on a tiny layer, the seed demo and the
+compile-time and memory scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 from collections import Counter
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -172,3 +176,29 @@ def test_demo_runs(tmp_path, capsys):
   text = capsys.readouterr().out
   assert "Winograd F(4, 3)" in text and "numpy im2col" in text
   assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def _bench_script(name: str):
+  """Imports bench/<name>.py (a script, not part of the package)."""
+  path = Path(__file__).parent.parent / "bench" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_compile_time_script(tmp_path):
+  out = tmp_path / "compile.md"
+  args = ["--shapes", "tiny", "--algorithms", "lax,im2col", "--repeats", "1"]
+  assert _bench_script("compile_time").main([*args, "--out", str(out)]) == 0
+  text = out.read_text()
+  assert "| tiny |" in text and "mean / lax's" in text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_script(tmp_path):
+  out = tmp_path / "memory.md"
+  args = ["--batch", "2", "--size", "16", "--channels", "4", "--algorithms", "im2col"]
+  assert _bench_script("memory").main([*args, "--out", str(out)]) == 0
+  rows = [line for line in out.read_text().splitlines() if line.startswith(("| lax", "| im2col"))]
+  assert len(rows) == 2 and all(" GB |" in row for row in rows)
