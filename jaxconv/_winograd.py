@@ -211,6 +211,8 @@ def _tiles(
   acc = g.preferred_element_type
   blocked = max(ms) in BLOCKED_SUM_TILES and cin_g > SUM_BLOCK and cin_g % SUM_BLOCK == 0
 
+  rows = v.reshape(n_pos, n_ex * n_tiles, cin_g) if bgc == 1 and fgc == 1 else None
+
   def multiply(wb: jax.Array) -> jax.Array:
     # Kernel transform G w G^T (one small GEMM with the Kronecker product over the axes), then the
     # GEMMs. wb: (*r, I, G, B, O'') -> (n^d, E * tiles, G * B * O'').
@@ -229,7 +231,7 @@ def _tiles(
       return part.sum(axis=1)
     if bgc == 1 and fgc == 1:
       return lax.dot_general(
-        v.reshape(n_pos, n_ex * n_tiles, cin_g),
+        rows,
         u.reshape(n_pos, cin_g, -1),
         (((2,), (1,)), ((0,), (0,))),
         precision=g.precision,
@@ -252,9 +254,15 @@ def _tiles(
   # direct convolution's error, against 9.0x in one piece).
   if n_ob == 1 or bgc > 1 or fgc > 1 or blocked:
     prod = multiply(w)
-  else:
-    wb = jnp.moveaxis(w.reshape(*w.shape[:-1], n_ob, out_g // n_ob), -2, 0)
-    prod = jnp.moveaxis(lax.map(multiply, wb), 0, -2)
+  else:  # in place: each block slices the kernel and writes its columns of the product
+    size, columns = out_g // n_ob, w.reshape(-1, out_g)  # 2-D: no unit axes to re-layout
+
+    def block(i: jax.Array, acc: jax.Array) -> jax.Array:
+      wb = lax.dynamic_slice_in_dim(columns, i * size, size, axis=1).reshape(*w.shape[:-1], size)
+      return lax.dynamic_update_slice_in_dim(acc, multiply(wb), i * size, axis=2)
+
+    part = jax.eval_shape(multiply, jax.ShapeDtypeStruct((*w.shape[:-1], size), w.dtype))
+    prod = lax.fori_loop(0, n_ob, block, jnp.zeros((*part.shape[:2], out_g), part.dtype))
   prod = prod.reshape(n_pos, n_ex, *tiles, g.out_features)
 
   # Output transform AT M A, one axis at a time. Each axis's m outputs are stacked right after its
