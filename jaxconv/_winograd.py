@@ -265,12 +265,12 @@ def _tiles(
     prod = lax.fori_loop(0, n_ob, block, jnp.zeros((*part.shape[:2], out_g), part.dtype))
   prod = prod.reshape(n_pos, n_ex, *tiles, g.out_features)
 
-  # Output transform AT M A, one axis at a time. Each axis's m outputs are stacked right after its
-  # tile axis, so the tiles come out interleaved: (E, T_0, m_0, T_1, m_1, ..., O) is the output.
+  # Output transform AT M A, one axis at a time, then interleave the m^d outputs of every tile.
   y = prod.reshape(*ns, n_ex, *tiles, g.out_features)
   for d, (at, _, _) in enumerate(mats):
-    y = _combine(at, [y[a] for a in range(ns[d])], axis=nd + d + 1)
-  y = y.reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), g.out_features)
+    y = _combine(at, [lax.index_in_dim(y, a, d, keepdims=False) for a in range(ns[d])], axis=d)
+  perm = [nd] + [p for d in range(nd) for p in (nd + 1 + d, d)] + [2 * nd + 1]
+  y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), g.out_features)
   return y[(slice(None), *(slice(0, o) for o in out))]
 
 
