@@ -1,14 +1,14 @@
 """Peak memory of each algorithm against lax on one large convolution (CPU).
 
 Each algorithm runs in a fresh Python process, so one run's buffers and caches never count towards
-another's. The process makes a random input and kernel, compiles the convolution ahead, resets the
-kernel's peak-RSS counter (``/proc/self/clear_refs``, after returning the compiler's freed heap to
-the system), runs the convolution once and reads the
-peak (``VmHWM``). Reported per algorithm: the resident memory before the call (runtime, input and
-kernel), the peak during the call, the peak's ratio to lax's, and XLA's own account of the
-compiled program's temporary buffers (`jax.stages.Compiled.memory_analysis`). Linux only.
+another's. The process makes a random input and kernel, compiles the convolution ahead, hands the
+compiler's freed heap back to the system, resets the kernel's peak-RSS counter
+(``/proc/self/clear_refs``), runs the convolution once and reads the peak (``VmHWM``). Reported per
+algorithm: the resident memory before the call (runtime, input and kernel), the peak during the
+call, the peak's ratio to lax's, and XLA's own account of the compiled program's temporary buffers
+(`jax.stages.Compiled.memory_analysis`). Linux only.
 
-  python bench/memory.py --out docs/memory.md        # 64x224x224x64, 3x3, SAME (about 4 minutes)
+  python bench/memory.py --out docs/memory.md        # 64x224x224x64, 3x3, SAME (about 2 minutes)
   python bench/memory.py --batch 8 --size 56          # a quick check
 """
 
