@@ -147,19 +147,21 @@ def _stride1(
   n_blocks = min(rows, _blocks(row_bytes * rows))
   if n_blocks == 1:
     return _tiles(x, w, out, ms, g)
-  per = -(-rows // n_blocks)
-  n_blocks = -(-rows // per)
-  span = per * m0 + r0 - 1
-  x = x[:, :, : n_blocks * per * m0 + r0 - 1]
-  x = jnp.pad(x, [(0, 0)] * 2 + [(0, n_blocks * per * m0 + r0 - 1 - x.shape[2])] + [(0, 0)] * nd)
+  per = -(-rows // n_blocks) * m0  # output rows per block
+  span = per + r0 - 1  # the input rows they read
+  short = out[0] + r0 - 1 - x.shape[2]  # dynamic slices must stay in bounds
+  if short > 0:
+    x = jnp.pad(x, [(0, 0)] * 2 + [(0, short)] + [(0, 0)] * nd)
 
-  def rows_block(i: jax.Array) -> jax.Array:
-    xs = lax.dynamic_slice_in_dim(x, i * per * m0, span, axis=2)
-    return _tiles(xs, w, [per * m0, *out[1:]], ms, g)
+  def rows_block(i: jax.Array, y: jax.Array) -> jax.Array:
+    # In place, like `map_blocks`: the last block starts earlier and overlaps its predecessor.
+    start = jnp.minimum(i * per, out[0] - per)
+    xs = lax.dynamic_slice_in_dim(x, start, span, axis=2)
+    return lax.dynamic_update_slice_in_dim(y, _tiles(xs, w, [per, *out[1:]], ms, g), start, 1)
 
-  y = lax.map(rows_block, jnp.arange(n_blocks))  # (blocks, E, per * m0, ..., O)
-  y = jnp.moveaxis(y, 0, 1).reshape(x.shape[0], n_blocks * per * m0, *y.shape[3:])
-  return y[:, : out[0]]
+  part = jax.eval_shape(lambda xs: _tiles(xs, w, [per, *out[1:]], ms, g), x[:, :, :span])
+  y = jnp.zeros((x.shape[0], out[0], *part.shape[2:]), part.dtype)
+  return lax.fori_loop(0, -(-out[0] // per), rows_block, y)
 
 
 def _tiles(

@@ -258,3 +258,25 @@ def test_blocks_of_examples_and_tile_rows(lhs_shape, rhs_shape, strides, monkeyp
   g = normalize(x, w, **kw)
   out = jax.jit(lambda x, w: _winograd.winograd(x, w, g, (4,) * g.ndim))(x, w)
   assert rel_err(out, lax.conv_general_dilated(x, w, **kw)) < 1e-5
+
+
+def test_blocks_at_the_real_thresholds_read_and_write_in_place():
+  # 1x200x200x64: 46 MB of transformed data, so three blocks of 17 tile rows (68 output rows);
+  # the last starts at row 132, overlapping its predecessor. Then 40 examples of 28x28x64 (36 MB):
+  # three blocks of 14 examples, the last starting at example 26.
+  from jaxconv import _winograd
+
+  rng = rng_for("real-blocks")
+  for lhs_shape in [(1, 200, 200, 64), (40, 28, 28, 64)]:
+    x = random_array(rng, lhs_shape, np.float32)
+    w = random_array(rng, (3, 3, 64, 64), np.float32) / 24
+    total = (
+      _winograd._bytes_per_example(
+        jaxconv.plan(x, w, (1, 1), "SAME", dimension_numbers=NHWC).geometry, (4, 4), np.float32
+      )
+      * lhs_shape[0]
+    )
+    assert total > _winograd.SPLIT_ABOVE_BYTES
+    check_against_lax(
+      x, w, "winograd4", window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC
+    )
