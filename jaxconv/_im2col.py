@@ -171,22 +171,13 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   per_row = bgc * taps * g.in_features * np.dtype(cdt).itemsize  # patch bytes per output row
   budget = patch_budget()
   block = max(1, min(rows, budget // max(per_row, 1)))
-  n_blocks = -(-rows // block)
-  if n_blocks > 1:
-    # One example alone exceeds the budget: walk over blocks of output positions.
-    pad_rows = n_blocks * block - rows
-    index_blocks = np.concatenate([index, np.zeros((pad_rows, index.shape[1]), index.dtype)])
-    index_blocks = index_blocks.reshape(n_blocks, block, index.shape[1])
 
   def one_example(xe: jax.Array) -> jax.Array:
     xe = lax.pad(xe, jnp.zeros((), xe.dtype), pad_config)
     chex.assert_shape(xe, (bgc, *padded, g.in_features))
     xf = xe.reshape(bgc, math.prod(padded), g.in_features)
-    if n_blocks == 1:
-      y = gemm(xf, jnp.asarray(index))
-    else:
-      y = lax.map(lambda idx: gemm(xf, idx), jnp.asarray(index_blocks))
-      y = y.reshape(n_blocks * block, g.out_features)[:rows]
+    # When one example alone exceeds the budget: blocks of output positions (rows of `index`).
+    y = map_blocks(lambda idx: gemm(xf, idx), jnp.asarray(index), block)
     return y.reshape(*out, g.out_features)
 
   examples_per_chunk = max(1, budget // max(per_row * rows, 1))
