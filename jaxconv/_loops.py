@@ -1,4 +1,4 @@
-"""A loop over blocks of examples that keeps the input where it is."""
+"""A loop over blocks of rows that reads its input and writes its output in place."""
 
 from __future__ import annotations
 
