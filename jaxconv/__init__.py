@@ -11,11 +11,16 @@ from jaxconv._geometry import ConvGeometry as ConvGeometry
 from jaxconv._im2col import patch_budget as patch_budget
 from jaxconv._im2col import set_patch_budget as set_patch_budget
 from jaxconv._intercept import use as use
-from jaxconv._select import ALGORITHMS as ALGORITHMS
+from jaxconv._registry import ALGORITHMS as ALGORITHMS
 from jaxconv._select import Plan as Plan
 from jaxconv._select import set_nonfinite as set_nonfinite
 from jaxconv._transforms import default_points as default_points
 from jaxconv._transforms import winograd_matrices as winograd_matrices
+from jaxconv._tune import Tuned as Tuned
+from jaxconv._tune import TuneTable as TuneTable
+from jaxconv._tune import autotune as autotune
+from jaxconv._tune import set_autotune as set_autotune
+from jaxconv._tune import tune as tune
 
 try:
   __version__ = version("jaxconv")
@@ -27,14 +32,19 @@ __all__ = [
   "ConvGeneralDilated",
   "ConvGeometry",
   "Plan",
+  "TuneTable",
+  "Tuned",
   "cache_info",
   "conv_general_dilated",
   "default_points",
   "flax",
   "patch_budget",
   "plan",
+  "autotune",
+  "set_autotune",
   "set_nonfinite",
   "set_patch_budget",
+  "tune",
   "use",
   "winograd_matrices",
 ]

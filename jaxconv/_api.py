@@ -11,12 +11,14 @@ import jax
 from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
-from jaxconv import _geometry, _transforms
+from jaxconv import _geometry, _transforms, _tune
 from jaxconv._autodiff import conv as _conv_with_rules
+from jaxconv._cache import TuneCacheInfo
 from jaxconv._geometry import ConvGeometry, normalize
-from jaxconv._im2col import im2col, im2col_indices
+from jaxconv._im2col import im2col_indices
+from jaxconv._lax import LAX
+from jaxconv._registry import by_name
 from jaxconv._select import Plan, check_algorithm, choose
-from jaxconv._winograd import winograd
 
 __all__ = ["ConvGeneralDilated", "cache_info", "conv_general_dilated", "plan"]
 
@@ -25,31 +27,31 @@ __all__ = ["ConvGeneralDilated", "cache_info", "conv_general_dilated", "plan"]
 def _run(
   lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, algorithm: str, tile: tuple[int, ...] | None
 ) -> jax.Array:
-  if algorithm == "im2col":
-    return im2col(lhs, rhs, g)
-  if algorithm == "winograd":
-    return winograd(lhs, rhs, g, tile)
-  raise AssertionError(f"no implementation registered for {algorithm!r}")
+  return by_name(algorithm).run(lhs, rhs, g, tile)
 
 
-def cache_info() -> dict[str, functools._CacheInfo]:
-  """Hits, misses and bounds of jaxconv's trace-time caches (all bounded LRUs, thread-safe).
+def cache_info() -> dict[str, functools._CacheInfo | TuneCacheInfo]:
+  """jaxconv's caches: the trace-time LRUs (hits, misses, bounds) and the autotuner's cache.
+
+  The trace-time caches are bounded and thread-safe. ``"autotune"`` describes the measurements
+  of the default device: the file, its entries, this process's hits, misses and measurements, and
+  whether the directory is writable.
 
   Example:
     >>> import jaxconv
     >>> sorted(jaxconv.cache_info())
-    ['geometry', 'im2col_indices', 'winograd_matrices']
+    ['autotune', 'geometry', 'im2col_indices', 'winograd_matrices']
   """
   return {
+    "autotune": _tune._store().info(),
     "geometry": _geometry._normalize_cached.cache_info(),
     "im2col_indices": im2col_indices.cache_info(),
     "winograd_matrices": _transforms._floating.cache_info(),
   }
 
 
-# The lax algorithm, bound at import: patching `lax.conv_general_dilated` later never routes it
-# back into jaxconv.
-_run_lax = lax.conv_general_dilated
+# The lax algorithm as the entry point runs it (tests replace it to check nothing runs).
+_run_lax = LAX.run
 
 
 def plan(
@@ -178,20 +180,7 @@ def conv_general_dilated(
     algorithm=algorithm,
   )
   if p.algorithm == "lax":
-    return _run_lax(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation,
-      rhs_dilation,
-      dimension_numbers,
-      feature_group_count,
-      batch_group_count,
-      precision,
-      preferred_element_type,
-      out_sharding=out_sharding,
-    )
+    return _run_lax(lhs, rhs, p.geometry, None, out_sharding=out_sharding)
   # One primitive with jaxconv's own jvp, transpose and batching rules, which runs `_run`.
   out = _conv_with_rules(lhs, rhs, p.geometry, p.algorithm, p.tile, out_sharding)
   # lax's transpose rules pass their operand's sharding, which outside any mesh has an empty one.

@@ -133,6 +133,57 @@ class ConvGeometry:
     """`lax.pad` configuration of the spatial axes: (low, high, interior) with lhs dilation."""
     return tuple((lo, hi, ld - 1) for (lo, hi), ld in zip(self.padding, self.lhs_dilation))
 
+  @property
+  def lhs_shape(self) -> tuple[int, ...]:
+    """The input's shape in the user's layout."""
+    return self._in_layout(
+      self.dimension_numbers.lhs_spec, self.batch, self.in_features, self.in_spatial
+    )
+
+  @property
+  def rhs_shape(self) -> tuple[int, ...]:
+    """The kernel's shape in the user's layout."""
+    return self._in_layout(
+      self.dimension_numbers.rhs_spec, self.out_features, self.group_in_features, self.kernel
+    )
+
+  @staticmethod
+  def _in_layout(spec, first: int, second: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    shape = [0] * len(spec)
+    for axis, size in zip(spec, (first, second, *spatial)):
+      shape[axis] = size
+    return tuple(shape)
+
+  def key(self) -> str:
+    """A canonical string of everything that determines the computation (the tuner's cache key)."""
+    dn = self.dimension_numbers
+    pet = None if self.preferred_element_type is None else self.preferred_element_type.name
+    return (
+      f"lhs={_dims(self.lhs_shape)} rhs={_dims(self.rhs_shape)} dtype={self.dtype.name} "
+      f"layout={_dims(dn.lhs_spec)},{_dims(dn.rhs_spec)},{_dims(dn.out_spec)} "
+      f"strides={_dims(self.strides)} padding={_pairs(self.padding)} "
+      f"lhs_dilation={_dims(self.lhs_dilation)} rhs_dilation={_dims(self.rhs_dilation)} "
+      f"groups={self.feature_group_count},{self.batch_group_count} "
+      f"precision={_precision_name(self.precision)} preferred={pet}"
+    )
+
+  def describe(self) -> str:
+    """A short human-readable summary, as tables print it."""
+    n, c = self.batch, self.in_features
+    text = f"{'x'.join(map(str, (n, *self.in_spatial, c)))} -> {self.out_features}"
+    text += f", {_dims(self.kernel)}"
+    if max(self.strides, default=1) > 1:
+      text += f" /{_dims(self.strides)}"
+    if max(self.lhs_dilation, default=1) > 1:
+      text += f" lhs-dil {_dims(self.lhs_dilation)}"
+    if max(self.rhs_dilation, default=1) > 1:
+      text += f" dil {_dims(self.rhs_dilation)}"
+    groups = max(self.feature_group_count, self.batch_group_count)
+    if groups > 1:
+      kind = "feature" if self.feature_group_count > 1 else "batch"
+      text += f", {groups} {kind} groups"
+    return f"{text}, {self.dtype.name}"
+
   # Layout permutations. ----------------------------------------------------------------------
 
   @property
@@ -155,6 +206,20 @@ class ConvGeometry:
     for i, axis in enumerate(spec[2:]):
       perm[axis] = i + 1
     return tuple(perm)
+
+
+def _dims(values: Sequence[int]) -> str:
+  return "x".join(map(str, values)) or "-"
+
+
+def _pairs(pads: Sequence[tuple[int, int]]) -> str:
+  return ",".join(f"{lo}:{hi}" for lo, hi in pads) or "-"
+
+
+def _precision_name(precision: Any) -> str:
+  if isinstance(precision, tuple):
+    return "/".join(_precision_name(p) for p in precision)
+  return str(getattr(precision, "name", precision))
 
 
 def grouped_operands(

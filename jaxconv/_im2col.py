@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry, grouped_operands
 from jaxconv._loops import map_blocks
 
-__all__ = ["im2col", "im2col_indices", "patch_budget", "set_patch_budget"]
+__all__ = ["IM2COL", "im2col", "im2col_indices", "patch_budget", "set_patch_budget"]
 
 # 256 MiB keeps im2col within 1.5x of lax's peak memory on large inputs (bench/memory.py), and every
 # patch GEMM is still about 100,000 rows tall at 64x224x224x64.
@@ -187,3 +188,54 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   if g.dtype == np.bool_ and g.preferred_element_type is None:
     return y != 0
   return y.astype(g.out_dtype)
+
+
+# `auto`'s model: im2col pays only for a GEMM small on both sides (an RGB stem such as the seed
+# example, 3 -> 16), where XLA's CPU convolution runs far below its GEMM rate while one gathered
+# GEMM does not; with 64 outputs (VGG's first layer) lax is faster again, and on wide layers
+# XLA's CPU gather is slower than its convolution.
+MAX_INNER = 64  # kernel taps x input features
+MAX_OUT = 32
+# FLOP/s in that regime, in the units of lax's model: its prediction on the seed layer (57 GFLOP/s)
+# times im2col's measured 1.55x there (docs/benchmarks.md).
+SMALL_GEMM_RATE = 88e9
+
+
+class Im2col(Algorithm):
+  """A gather of every receptive field, then one GEMM: the same products as lax."""
+
+  name = "im2col"
+
+  def cannot(self, g: ConvGeometry) -> str | None:
+    del g
+    return None
+
+  def _small(self, g: ConvGeometry) -> bool:
+    ungrouped = g.feature_group_count == 1 and g.batch_group_count == 1
+    inner = math.prod(g.kernel) * g.group_in_features
+    return ungrouped and inner <= MAX_INNER and g.out_features <= MAX_OUT
+
+  def predict(self, g: ConvGeometry, variant: Variant) -> float | None:
+    del variant
+    return g.flops / SMALL_GEMM_RATE if self._small(g) else None
+
+  def explain(self, g: ConvGeometry, variant: Variant) -> str:
+    del variant
+    return (
+      f"a GEMM of inner dimension K*C = {math.prod(g.kernel) * g.group_in_features} with "
+      f"{g.out_features} outputs, where XLA's convolution is slow and one gathered GEMM is not"
+    )
+
+  def why_not_predicted(self, g: ConvGeometry) -> str:
+    inner = math.prod(g.kernel) * g.group_in_features
+    return (
+      f"im2col pays only for an ungrouped GEMM with K*C <= {MAX_INNER} and <= {MAX_OUT} outputs "
+      f"(here K*C = {inner}, {g.out_features} outputs)"
+    )
+
+  def run(self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant: Variant) -> jax.Array:
+    del variant
+    return im2col(lhs, rhs, g)
+
+
+IM2COL = Im2col()

@@ -49,11 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxconv._algorithm import Algorithm, eps
 from jaxconv._geometry import ConvGeometry, grouped_operands
 from jaxconv._loops import map_blocks
-from jaxconv._transforms import winograd_matrices
+from jaxconv._transforms import default_points, winograd_matrices
 
-__all__ = ["winograd", "winograd_support", "work_dtype"]
+__all__ = ["WINOGRAD", "winograd", "winograd_support", "work_dtype"]
 
 # Transformed input and product up to SPLIT_ABOVE_BYTES are computed in one piece, where XLA runs
 # the GEMMs on all cores; above it, in blocks of CHUNK_BYTES, a loop whose fresh buffers stay small
@@ -349,3 +350,109 @@ def _bytes_per_example(g: ConvGeometry, m: Sequence[int], dtype) -> int:
     * (g.in_features * g.batch_group_count + g.out_features)
     * np.dtype(dtype).itemsize
   )
+
+
+TILES = (2, 4, 6)
+# F(6, 3) measured no faster than F(4, 3) on any ResNet layer and is 4x less accurate (see
+# docs/accuracy.md), so `auto` and plain "winograd" choose between m = 2 and m = 4.
+AUTO_TILES = (2, 4)
+MAX_KERNEL = 7
+
+# `auto`'s model: three terms whose rates were measured with `jaxconv bench` on the reference CPU
+# (float32, 2 cores), fitted to the ResNet-50 3x3 layers (docs/benchmarks.md).
+GEMM_RATE = 154e9  # FLOP/s of the batched GEMMs of the multiplication stage
+GEMM_FULL_RATE_FEATURES = 32  # channel-sum length from which those GEMMs reach GEMM_RATE
+STREAM_RATE = 8.5e9  # bytes/s of transformed input and product through the transforms
+KERNEL_RATE = 4.2e9  # bytes/s of transformed kernel (written fresh on every call)
+BLOCKED_SUM_COST = 2.0  # GEMM time factor of channel sums split into blocks (for accuracy)
+
+
+def _tile(g: ConvGeometry, m: int) -> tuple[int, ...]:
+  return tuple(m if k > 1 else 1 for k in g.kernel)
+
+
+def _seconds(g: ConvGeometry, m: int) -> float:
+  """Predicted seconds of one stride-1 Winograd F(m, r) problem of `g`'s output size."""
+  ms = _tile(g, m)
+  n_pos = math.prod(mm + k - 1 for mm, k in zip(ms, g.kernel))
+  tiles = g.batch * math.prod(-(-o // mm) for o, mm in zip(g.out_spatial, ms))
+  cin = g.group_in_features
+  itemsize = np.dtype(work_dtype(g)).itemsize
+  # Transformed input and product, plus the input read once.
+  data = itemsize * (
+    n_pos * tiles * (g.in_features + g.out_features)
+    + math.prod(g.padded_spatial) * g.batch * g.in_features
+  )
+  kernel = itemsize * n_pos * cin * g.out_features  # the transformed kernel
+  blocked = m in BLOCKED_SUM_TILES and cin > SUM_BLOCK and cin % SUM_BLOCK == 0
+  # A GEMM whose inner dimension (the channel sum) is short runs far below the GEMM rate.
+  rate = GEMM_RATE * min(1.0, cin / GEMM_FULL_RATE_FEATURES)
+  gemm = 2 * n_pos * tiles * cin * g.out_features / rate * (BLOCKED_SUM_COST if blocked else 1)
+  return gemm + data / STREAM_RATE + kernel / KERNEL_RATE
+
+
+class Winograd(Algorithm):
+  """Winograd F(m, r): tiles, exact Cook-Toom transforms, batched GEMMs over channels."""
+
+  name = "winograd"
+  exact = False  # a tile's transforms mix its values: NaN and inf spread over the tile
+
+  def forced(self) -> dict:
+    return {"winograd": None, **{f"winograd{m}": m for m in TILES}}
+
+  def cannot(self, g: ConvGeometry) -> str | None:
+    why = winograd_support(g)
+    if why is None and max(g.kernel) > MAX_KERNEL:
+      why = (
+        f"kernel size {g.kernel} exceeds {MAX_KERNEL} on some axis, where its tiles lose too "
+        "much floating-point accuracy"
+      )
+    return why
+
+  def variants(self, g: ConvGeometry) -> tuple[tuple[int, ...], ...]:
+    return tuple(dict.fromkeys(_tile(g, m) for m in TILES))
+
+  def resolve(self, g: ConvGeometry, hint: object) -> tuple[int, ...]:
+    if hint is None:
+      hint = min(AUTO_TILES, key=lambda m: _seconds(g, m))
+    return _tile(g, int(hint))
+
+  def explain(self, g: ConvGeometry, variant: tuple[int, ...]) -> str:
+    return f"Winograd F({max(variant)}, {g.kernel}) (cost model: GEMM work, transform traffic)"
+
+  def why_not_predicted(self, g: ConvGeometry) -> str:
+    if g.ndim == 1:
+      return "1-D Winograd saves 2x, not 4x, and measured slower than lax (0.79x, 8x4096x256)"
+    if max(g.rhs_dilation) > 1:
+      return "dilated Winograd (interleaved sub-grid convolutions) does not pay on this CPU"
+    return "strided Winograd (a sum of phase convolutions) does not pay on wide layers"
+
+  def predict(self, g: ConvGeometry, variant: tuple[int, ...]) -> float | None:
+    ungrouped = g.feature_group_count == 1 and g.batch_group_count == 1
+    if g.ndim == 1 or max(g.rhs_dilation) > 1 or (max(g.strides) > 1 and ungrouped):
+      return None
+    if max(variant) not in AUTO_TILES:
+      return None
+    # A strided convolution is a sum of prod(strides) phase convolutions of the output's size.
+    return _seconds(g, max(variant)) * math.prod(g.strides)
+
+  def tolerance(self, g: ConvGeometry, variant: tuple[int, ...]) -> float:
+    # The transforms' rounding grows about 2x per point of the tile width n = m + r - 1
+    # (docs/accuracy.md: F(2,3), F(4,3), F(6,3) at 0.9x, 3.7x and 9x direct's float32 error).
+    n = max(m + k - 1 for m, k in zip(variant, g.kernel))
+    return 2.0 ** (n - 1) * eps(work_dtype(g)) + 8 * eps(g.out_dtype)
+
+  def label(self, variant: tuple[int, ...] | None) -> str:
+    return "winograd" if variant is None else f"winograd{max(variant)}"
+
+  def describe(self, g: ConvGeometry, variant: tuple[int, ...]) -> dict:
+    points = tuple(default_points(m, k) if k > 1 else () for m, k in zip(variant, g.kernel))
+    return {"tile": variant, "points": points}
+
+  def run(
+    self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant: tuple[int, ...]
+  ) -> jax.Array:
+    return winograd(lhs, rhs, g, variant)
+
+
+WINOGRAD = Winograd()

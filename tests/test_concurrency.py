@@ -46,5 +46,7 @@ def test_threads_tracing_at_once_share_the_caches_safely():
   assert max(errors) < 1e-5
   info = jaxconv.cache_info()
   for name, stats in info.items():
+    if name == "autotune":  # measurements on disk, not a trace-time LRU
+      continue
     assert stats.maxsize is not None and stats.currsize <= stats.maxsize, name
   assert info["geometry"].hits > 0 and info["im2col_indices"].currsize > 0

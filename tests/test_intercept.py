@@ -12,7 +12,7 @@ from jax import lax
 from jax._src.lax import convolution
 
 import jaxconv
-from jaxconv import _api, _intercept
+from jaxconv import _api, _intercept, _lax
 
 ORIGINAL = convolution.conv_general_dilated
 X = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 6, 3)), jnp.float32)
@@ -87,7 +87,7 @@ def test_jit_cache_follows_the_block():
 def test_own_lax_path_never_recurses():
   # jaxconv's lax path was bound before any patching, and its argument checks ask lax for the
   # result type: inside `use("lax")` and `use("auto")` both end in lax's primitive.
-  assert _api._run_lax is ORIGINAL
+  assert _lax._conv is ORIGINAL
   with jaxconv.use("lax"):
     assert _algorithms(_conv, X, W) == ["lax"]
     own = lambda x, w: jaxconv.conv_general_dilated(

@@ -1,0 +1,91 @@
+"""lax as an algorithm of the registry: XLA's own convolution, the baseline every other one beats.
+
+`jax.lax.conv_general_dilated` lowers to one HLO convolution, which XLA compiles for the backend:
+on CPU its own loops (or YNNPACK), on GPU cuDNN. It takes every geometry.
+
+One correction: jitted XLA:CPU convolutions with a negative padding return wrong values (padding
+((-1, 1), (-1, -1)) with a 3x3 kernel gave inf, and values that change from run to run). Where a
+padding is negative the input is therefore dilated, padded and cropped by `lax.pad` first, and the
+convolution runs on the result with no padding of its own: the same products, on every backend.
+
+The cost model is XLA:CPU's rate on the reference machine (docs/benchmarks.md): `RATE` for wide
+layers, roughly in proportion to the input features per group below `FULL_RATE_FEATURES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax import lax
+
+from jaxconv._algorithm import Algorithm, Variant
+from jaxconv._geometry import ConvGeometry
+
+__all__ = ["LAX"]
+
+RATE = 190e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers (2 cores)
+FULL_RATE_FEATURES = 128  # input features per group from which lax reaches RATE
+MIN_SHARE = 0.3  # ungrouped layers with few features still reach this share of RATE
+
+# Bound at import: patching `lax.conv_general_dilated` later (`jaxconv.use`) never routes it back.
+_conv = lax.conv_general_dilated
+
+
+class Lax(Algorithm):
+  """`jax.lax.conv_general_dilated`, with negative paddings applied by `lax.pad` first."""
+
+  name = "lax"
+
+  def cannot(self, g: ConvGeometry) -> str | None:
+    del g
+    return None
+
+  def predict(self, g: ConvGeometry, variant: Variant) -> float:
+    """Measured: 102 GFLOP/s at 64 features, 164-196 at 128-512; ungrouped layers never fall
+    below `MIN_SHARE` of `RATE` (59 GFLOP/s on VGG's RGB layer), grouped ones do (depthwise 3x3:
+    0.6-0.7 GFLOP/s)."""
+    del variant
+    share = min(1.0, g.group_in_features / FULL_RATE_FEATURES)
+    if g.feature_group_count == 1 and g.batch_group_count == 1:
+      share = max(share, MIN_SHARE)
+    return g.flops / (RATE * share)
+
+  def tolerance(self, g: ConvGeometry, variant: Variant) -> float:
+    del g, variant
+    return 0.0  # the reference itself
+
+  def run(
+    self,
+    lhs: jax.Array,
+    rhs: jax.Array,
+    g: ConvGeometry,
+    variant: Variant,
+    *,
+    out_sharding: Any = None,
+  ) -> jax.Array:
+    del variant
+    padding, lhs_dilation = g.padding, g.lhs_dilation
+    if any(lo < 0 or hi < 0 for lo, hi in padding):
+      config = [(0, 0, 0)] * lhs.ndim
+      for axis, pad in zip(g.dimension_numbers.lhs_spec[2:], g.pad_config):
+        config[axis] = pad
+      lhs = lax.pad(lhs, lax.full((), 0, lhs.dtype), config)
+      padding, lhs_dilation = ((0, 0),) * g.ndim, (1,) * g.ndim
+    return _conv(
+      lhs,
+      rhs,
+      g.strides,
+      padding,
+      lhs_dilation,
+      g.rhs_dilation,
+      g.dimension_numbers,
+      g.feature_group_count,
+      g.batch_group_count,
+      g.precision,
+      g.preferred_element_type,
+      out_sharding=out_sharding,
+    )
+
+
+LAX = Lax()

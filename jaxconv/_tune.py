@@ -1,0 +1,410 @@
+"""The autotuner: `auto` measured on the user's own hardware.
+
+For one geometry the tuner measures every candidate the registry offers (lax, and each algorithm and
+variant that can run it) on random normal data of the geometry's shapes and dtypes, on the default
+device:
+
+1. every candidate is compiled ahead (in a small thread pool: XLA compiles release the GIL);
+2. each runs once, and its normwise relative difference from lax's result is recorded (the
+   decision drops a candidate whose difference exceeds its algorithm's documented tolerance);
+3. interleaved rounds time each candidate in turn (a call repeated until `ROUND_S` has passed), for
+   at least `MIN_ROUNDS` rounds, then while another round fits in the time budget (`budget()`,
+   default 3 s per geometry, compiles included), up to `MAX_ROUNDS`; after the first round a
+   candidate more than `PRUNE` times slower than the fastest is not timed again;
+4. the medians, errors and costs go to the on-disk cache (`jaxconv._cache`).
+
+The decision (`decide`) reads a cached entry: the fastest admissible candidate, provided it beats
+lax by `MARGIN`, so that noise does not flip choices; otherwise lax. Admissible: its error is within
+tolerance, and with `set_nonfinite("exact")` only exact algorithms count.
+
+Tuning is off by default, and `auto` then uses cached measurements where it has them and its
+heuristic elsewhere. It is turned on by `set_autotune(True)`, the `autotune()` context manager or
+decorator, or ``JAXCONV_AUTOTUNE=1``; then the first trace of an unseen geometry measures it. The
+setting is a jit-cache-sensitive JAX user context, so a function jitted outside `autotune()` is
+traced again inside it; and when a block or `tune` has measured something new, the context's
+generation advances, so functions traced earlier on the heuristic are traced again on their next
+call and pick the measurements up.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxconv import _cache
+from jaxconv._geometry import ConvGeometry
+from jaxconv._registry import REGISTRY, forced
+
+__all__ = [
+  "MARGIN",
+  "Tuned",
+  "TuneTable",
+  "autotune",
+  "autotune_enabled",
+  "budget",
+  "decide",
+  "lookup",
+  "measure",
+  "set_autotune",
+  "tune",
+]
+
+MARGIN = 1.04  # a candidate must beat lax by 4% to replace it
+MIN_ROUNDS = 3
+MAX_ROUNDS = 15
+ROUND_S = 0.02  # seconds of calls per candidate and round
+PRUNE = 2.0  # after the first round, candidates this much slower than the fastest stop
+_DEFAULT_BUDGET_S = 3.0
+
+Timer = Callable[[str, Callable[[], Any]], float]
+"""(candidate label, a call) -> seconds per call: how one round times one candidate."""
+
+
+def budget() -> float:
+  """Seconds the tuner may spend on one geometry, compiles included (``JAXCONV_TUNE_BUDGET``)."""
+  return float(os.environ.get("JAXCONV_TUNE_BUDGET", _DEFAULT_BUDGET_S))
+
+
+# The switch. -----------------------------------------------------------------------------------
+
+_env_on = os.environ.get("JAXCONV_AUTOTUNE", "").strip().lower() in ("1", "true", "yes", "on")
+# (enabled, generation[, tune token]): part of every jit cache key.
+_state = jax.make_user_context((_env_on, 0))
+_generation_lock = threading.Lock()
+_tokens = itertools.count(1)
+_measurements = 0  # geometries measured by this process (for "did this block measure anything")
+
+
+def autotune_enabled() -> bool:
+  """True when an unseen geometry is measured at its first trace."""
+  return bool(_state.value[0])
+
+
+def _advance() -> None:
+  """Makes functions traced before new measurements trace again (they may now choose better)."""
+  with _generation_lock:
+    enabled, generation = _state.get_global()[:2]
+    _state.set_global((enabled, generation + 1))
+
+
+def set_autotune(enabled: bool) -> bool:
+  """Turns measuring unseen geometries at trace time on or off; returns the previous setting.
+
+  The default is off, or on when the environment variable ``JAXCONV_AUTOTUNE`` is 1. Inside an
+  `autotune()` block the block's setting wins.
+
+  Example:
+    >>> import jaxconv
+    >>> old = jaxconv.set_autotune(False)
+    >>> jaxconv.set_autotune(old)
+    False
+  """
+  if not isinstance(enabled, bool):
+    raise TypeError(f"`enabled` must be a bool, got {enabled!r}.")
+  with _generation_lock:
+    old, generation = _state.get_global()[:2]
+    _state.set_global((enabled, generation + 1))
+  return bool(old)
+
+
+@contextlib.contextmanager
+def autotune(enabled: bool = True) -> Iterator[None]:
+  """Measures unseen geometries traced inside the block (a context manager and a decorator).
+
+  Functions jitted outside the block are traced again inside it. When the block measured
+  something new, functions traced earlier are traced again on their next call, so they pick the
+  measurements up.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxconv
+    >>> with jaxconv.autotune():
+    ...   y = jaxconv.conv_general_dilated(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)),
+    ...                                    (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    >>> y.shape
+    (1, 2, 2, 1)
+  """
+  before = _measurements
+  with _state((bool(enabled), *_state.value[1:])):
+    yield
+  if _measurements != before:
+    _advance()
+
+
+# Measuring. ------------------------------------------------------------------------------------
+
+
+def _device() -> jax.Device:
+  return jax.devices()[0]
+
+
+def _store() -> _cache.Store:
+  device = _device()
+  return _cache.store(device.platform, device.device_kind)
+
+
+def lookup(g: ConvGeometry) -> dict | None:
+  """The cached measurement of `g` on the default device, or None."""
+  return _store().get(g.key())
+
+
+def _random(shape: Sequence[int], dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+  dtype = np.dtype(dtype)
+  if dtype == np.bool_:
+    return rng.random(shape) < 0.5
+  if np.issubdtype(dtype, np.integer):
+    return rng.integers(-3, 4, shape).astype(dtype)
+  x = rng.standard_normal(shape)
+  if np.issubdtype(dtype, np.complexfloating):
+    x = x + 1j * rng.standard_normal(shape)
+  return x.astype(dtype)
+
+
+def _rel_error(y: Any, ref: np.ndarray) -> float:
+  y = np.asarray(y, dtype=np.complex128 if np.iscomplexobj(ref) else np.float64)
+  ref = np.asarray(ref, dtype=y.dtype)
+  den = np.linalg.norm(ref.ravel())
+  num = np.linalg.norm((y - ref).ravel())
+  if den == 0:
+    return 0.0 if num == 0 else float("inf")
+  return float(num / den)
+
+
+def _default_timer(label: str, call: Callable[[], Any]) -> float:
+  del label
+  n, start = 0, time.perf_counter()
+  while True:  # each call waited for: a queue of dispatched calls would overshoot the round
+    jax.block_until_ready(call())
+    n += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= ROUND_S:
+      return elapsed / n
+
+
+def candidates(g: ConvGeometry) -> list[tuple[str, Any, Any]]:
+  """(label, algorithm, variant) of everything that can compute `g`, lax first."""
+  out = []
+  for a in REGISTRY:
+    if a.cannot(g) is None:
+      out.extend((a.label(v), a, v) for v in a.variants(g))
+  return out
+
+
+_measure_lock = threading.Lock()  # one measurement at a time: two would time each other
+
+
+def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) -> dict:
+  """Measures every candidate for `g` and caches the result.
+
+  Args:
+    g: the geometry.
+    timer: how a round times one candidate (tests pass a deterministic one); by default the call
+      is repeated for `ROUND_S` and the mean per call returned.
+    store: write the result to the cache.
+
+  Returns:
+    The cache entry: ``times`` (median seconds per call) and ``errors`` (normwise relative
+    difference from lax) per candidate label, ``rounds``, ``compile_s`` and ``tuned_s``.
+  """
+  global _measurements
+  timer = timer or _default_timer
+  with _measure_lock, jax.ensure_compile_time_eval():
+    start = time.perf_counter()
+    device = _device()
+    rng = np.random.default_rng(0)
+    args = [
+      jax.device_put(_random(s, g.dtype, rng), device) for s in (g.lhs_shape, g.rhs_shape)
+    ]
+    cands = candidates(g)
+
+    def compile_one(cand):
+      _, a, v = cand
+      return jax.jit(functools.partial(a.run, g=g, variant=v)).lower(*args).compile()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, len(cands))) as pool:
+      compiled = dict(zip((c[0] for c in cands), pool.map(compile_one, cands)))
+    compile_s = time.perf_counter() - start
+    outputs = {label: jax.block_until_ready(f(*args)) for label, f in compiled.items()}
+    ref = np.asarray(outputs["lax"])
+    errors = {label: _rel_error(y, ref) for label, y in outputs.items()}
+    del outputs
+    samples: dict[str, list[float]] = {label: [] for label in compiled}
+    alive = list(compiled)
+    rounds, last = 0, 0.0
+    # After MIN_ROUNDS, another round only if it fits in the budget (as long as the last one).
+    while rounds < MAX_ROUNDS and (
+      rounds < MIN_ROUNDS or time.perf_counter() - start + last <= budget()
+    ):
+      round_start = time.perf_counter()
+      for label in alive:
+        samples[label].append(timer(label, functools.partial(compiled[label], *args)))
+      rounds, last = rounds + 1, time.perf_counter() - round_start
+      if rounds == 1:
+        fastest = min(samples[label][0] for label in alive)
+        alive = [
+          label for label in alive if label == "lax" or samples[label][0] <= PRUNE * fastest
+        ]
+    entry = {
+      "times": {label: float(np.median(t)) for label, t in samples.items()},
+      "errors": errors,
+      "rounds": rounds,
+      "compile_s": round(compile_s, 4),
+      "tuned_s": round(time.perf_counter() - start, 4),
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _measurements += 1
+  if store:
+    _store().put(g.key(), entry)
+  return entry
+
+
+def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, str]:
+  """The label to run from a measurement, and the reason; lax unless a candidate beats it.
+
+  Args:
+    g: the geometry measured.
+    entry: its cache entry (`measure`).
+    allowed: the candidate labels `auto` may pick (lax is always allowed).
+  """
+  times, errors = entry["times"], entry["errors"]
+  lax_t = times["lax"]
+  ok, dropped = [], []
+  for label in allowed:
+    if label not in times or label == "lax":
+      continue
+    a, hint = forced(label)
+    tol = a.tolerance(g, a.resolve(g, hint))
+    if errors.get(label, float("inf")) > tol:
+      dropped.append(f"{label} (error {errors.get(label, float('nan')):.1e} > {tol:.1e})")
+    else:
+      ok.append((times[label], label))
+  summary = ", ".join(f"{label} {t * 1e3:.3g} ms" for label, t in sorted(times.items()))
+  note = f"; dropped for accuracy: {', '.join(dropped)}" if dropped else ""
+  if ok:
+    best_t, best = min(ok)
+    if lax_t / best_t >= MARGIN:
+      return best, f"measured {lax_t / best_t:.2f}x faster than lax ({summary}){note}"
+    return "lax", (
+      f"measured: the fastest alternative, {best}, is within {MARGIN:.2f}x of lax ({summary})"
+      f"{note}"
+    )
+  return "lax", f"measured: no admissible alternative to lax ({summary}){note}"
+
+
+# tune(fn, ...). --------------------------------------------------------------------------------
+
+_collector: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+  "jaxconv_tune_collector", default=None
+)
+
+
+def collect(g: ConvGeometry, requested: str, plan: Any) -> None:
+  """Records a convolution `choose` planned, when `tune` is tracing."""
+  seen = _collector.get()
+  if seen is not None:
+    seen.setdefault((g, requested), plan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+  """One convolution `tune` found.
+
+  Attributes:
+    geometry: the normalised convolution.
+    requested: the `algorithm` it was called with ("auto" unless forced).
+    algorithm: what runs (a label such as "lax", "im2col" or "winograd4").
+    reason: why.
+    times: median seconds per candidate label, when measured; else None.
+  """
+
+  geometry: ConvGeometry
+  requested: str
+  algorithm: str
+  reason: str
+  times: dict[str, float] | None
+
+  @property
+  def speedup(self) -> float | None:
+    """lax's time over the chosen candidate's, when measured."""
+    if not self.times or self.algorithm not in self.times:
+      return None
+    return self.times["lax"] / self.times[self.algorithm]
+
+
+class TuneTable(list):
+  """The convolutions of a function, as `tune` found them: a list of `Tuned`, printable."""
+
+  def __str__(self) -> str:
+    rows = [["convolution", "algorithm", "lax ms", "chosen ms", "speedup", "candidates"]]
+    for t in self:
+      times = t.times or {}
+      lax_ms = f"{times['lax'] * 1e3:.3f}" if "lax" in times else "-"
+      chosen = times.get(t.algorithm)
+      rows.append(
+        [
+          t.geometry.describe(),
+          t.algorithm + ("" if t.requested == "auto" else " (forced)"),
+          lax_ms,
+          "-" if chosen is None else f"{chosen * 1e3:.3f}",
+          "-" if t.speedup is None else f"{t.speedup:.2f}x",
+          ", ".join(f"{k} {v * 1e3:.3g}" for k, v in sorted(times.items())) or t.reason,
+        ]
+      )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def tune(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TuneTable:
+  """Traces ``fn(*args, **kwargs)`` once and measures every jaxconv convolution in it.
+
+  Convolutions reached through `jaxconv.conv_general_dilated`, `ConvGeneralDilated`, the Flax
+  helpers and `jaxconv.use` blocks are found, and so are the backward convolutions when `fn`
+  takes gradients of them. Unseen geometries are measured and cached; nothing is computed
+  otherwise (`fn` is traced abstractly, as by `jax.eval_shape`). Functions traced before are traced
+  again on their next call, with the measurements.
+
+  Returns:
+    A `TuneTable`: one `Tuned` row per distinct convolution, in the order they were traced.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxconv
+    >>> dn = ("NHWC", "HWIO", "NHWC")
+    >>> f = lambda x, w: jaxconv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    >>> table = jaxconv.tune(jax.grad(lambda x, w: f(x, w).sum(), argnums=(0, 1)),
+    ...                      jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
+    >>> len(table) >= 2, table[0].requested
+    (True, 'auto')
+  """
+  seen: dict = {}
+  token = _collector.set(seen)
+  try:
+    # A fresh context value: jitted functions inside `fn` miss their caches and trace again.
+    with _state((True, _state.value[1], f"tune-{next(_tokens)}")):
+      jax.eval_shape(functools.partial(fn, **kwargs), *args)
+  finally:
+    _collector.reset(token)
+  _advance()
+  table = TuneTable()
+  for (g, requested), plan in seen.items():
+    entry = lookup(g)
+    table.append(
+      Tuned(
+        geometry=g,
+        requested=requested,
+        algorithm=plan.label,
+        reason=plan.reason,
+        times=None if entry is None else dict(entry["times"]),
+      )
+    )
+  return table
