@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
 from jaxconv import _geometry, _transforms, _tune

@@ -134,7 +134,7 @@ class Store:
     except FileNotFoundError:
       return {}
     except OSError as e:
-      self._warn("read", f"jaxconv: cannot read the tuning cache {self.path} ({e}); measuring afresh.")
+      self._warn("read", f"jaxconv: cannot read the tuning cache {self.path} ({e}); measuring.")
       return {}
     try:
       data = json.loads(text)

@@ -139,8 +139,10 @@ def _exact_only(g: ConvGeometry) -> str | None:
   if g.flops < TINY_FLOPS:
     return f"it is tiny ({g.flops} FLOPs): every algorithm takes microseconds"
   taps = math.prod(g.kernel)
-  if g.group_in_features == 1 and g.feature_group_count > 1 and g.out_features == taps * (
-    g.in_features
+  if (
+    g.group_in_features == 1
+    and g.feature_group_count > 1
+    and g.out_features == taps * (g.in_features)
   ):
     return "it has the shape of patch extraction (a one-hot kernel: a copy that must stay exact)"
   return None
@@ -168,8 +170,11 @@ def _auto(g: ConvGeometry, measure: bool) -> Plan:
   backend = jax.default_backend()
   if backend != "cpu":
     return _plan(
-      g, "lax", None, f"predicted: no measurement on {backend}, where jaxconv's cost models "
-      "(fitted to a CPU) do not apply; tune to measure"
+      g,
+      "lax",
+      None,
+      f"predicted: no measurement on {backend}, where jaxconv's cost models "
+      "(fitted to a CPU) do not apply; tune to measure",
     )
   lax_s = LAX.predict(g, None)
   best: tuple[float, str, Variant] | None = None
@@ -233,4 +238,3 @@ def choose(g: ConvGeometry, algorithm: str, *, measure: bool | None = None) -> P
     plan = _forced(g, algorithm)
   _tune.collect(g, algorithm, plan)
   return plan
-

@@ -49,8 +49,8 @@ from jaxconv._registry import REGISTRY, forced
 
 __all__ = [
   "MARGIN",
-  "Tuned",
   "TuneTable",
+  "Tuned",
   "autotune",
   "autotune_enabled",
   "budget",
@@ -129,9 +129,10 @@ def autotune(enabled: bool = True) -> Iterator[None]:
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxconv
+    >>> dn = ("NHWC", "HWIO", "NHWC")
     >>> with jaxconv.autotune():
     ...   y = jaxconv.conv_general_dilated(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)),
-    ...                                    (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ...                                    (1, 1), "VALID", dimension_numbers=dn)
     >>> y.shape
     (1, 2, 2, 1)
   """
@@ -223,9 +224,7 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
     start = time.perf_counter()
     device = _device()
     rng = np.random.default_rng(0)
-    args = [
-      jax.device_put(_random(s, g.dtype, rng), device) for s in (g.lhs_shape, g.rhs_shape)
-    ]
+    args = [jax.device_put(_random(s, g.dtype, rng), device) for s in (g.lhs_shape, g.rhs_shape)]
     cands = candidates(g)
 
     def compile_one(cand):
@@ -252,9 +251,7 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
       rounds, last = rounds + 1, time.perf_counter() - round_start
       if rounds == 1:
         fastest = min(samples[label][0] for label in alive)
-        alive = [
-          label for label in alive if label == "lax" or samples[label][0] <= PRUNE * fastest
-        ]
+        alive = [label for label in alive if label == "lax" or samples[label][0] <= PRUNE * fastest]
     entry = {
       "times": {label: float(np.median(t)) for label, t in samples.items()},
       "errors": errors,
@@ -296,8 +293,7 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
     if lax_t / best_t >= MARGIN:
       return best, f"measured {lax_t / best_t:.2f}x faster than lax ({summary}){note}"
     return "lax", (
-      f"measured: the fastest alternative, {best}, is within {MARGIN:.2f}x of lax ({summary})"
-      f"{note}"
+      f"measured: the fastest alternative, {best}, is within {MARGIN:.2f}x of lax ({summary}){note}"
     )
   return "lax", f"measured: no admissible alternative to lax ({summary}){note}"
 

@@ -12,7 +12,7 @@ from jax import lax
 from jax._src.lax import convolution
 
 import jaxconv
-from jaxconv import _api, _intercept, _lax
+from jaxconv import _intercept, _lax
 
 ORIGINAL = convolution.conv_general_dilated
 X = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 6, 3)), jnp.float32)
