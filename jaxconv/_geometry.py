@@ -16,11 +16,13 @@ here too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import operator
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -324,6 +326,7 @@ def normalize(
   """
   lhs_shape, lhs_dtype = _shape_of("lhs", lhs)
   rhs_shape, rhs_dtype = _shape_of("rhs", rhs)
+  padding_arg, dimension_numbers_arg = padding, dimension_numbers
   if isinstance(padding, list):
     padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
   elif isinstance(padding, np.ndarray):
@@ -346,10 +349,71 @@ def normalize(
     preferred_element_type,
   )
   try:
-    hash(key)
-  except TypeError:
-    return _normalize(*key)
-  return _normalize_cached(*key)
+    try:
+      hash(key)
+    except TypeError:
+      return _normalize(*key)
+    return _normalize_cached(*key)
+  except (TypeError, ValueError, IndexError, RuntimeError) as e:
+    if getattr(e, "_from_lax", False):
+      raise
+    # One of jaxconv's own checks: lead with lax's wording for the same call, so code matching
+    # lax's messages keeps matching, then jaxconv's, which names the argument and value.
+    said = _lax_wording(
+      lhs_shape,
+      lhs_dtype,
+      rhs_shape,
+      rhs_dtype,
+      window_strides,
+      padding_arg,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers_arg,
+      feature_group_count,
+      batch_group_count,
+      precision,
+      preferred_element_type,
+    )
+    if said is None or said in str(e):
+      raise
+    raise type(e)(f"{said} (jaxconv: {e})") from None
+
+
+# Bound at import: `jaxconv.use` patches `lax.conv_general_dilated` later, never this.
+_LAX_CONV = lax.conv_general_dilated
+_VERIFIER = "Cannot lower jaxpr with verifier errors:"
+
+
+@contextlib.contextmanager
+def _lax_speaks() -> Iterator[None]:
+  """Marks the errors lax itself raises inside the block: they propagate unchanged."""
+  try:
+    yield
+  except Exception as e:
+    e._from_lax = True
+    raise
+
+
+def _lax_wording(lhs_shape, lhs_dtype, rhs_shape, rhs_dtype, *args) -> str | None:
+  """What lax says of the same call, traced and lowered (never run); None if it accepts it.
+
+  Some rules lax only checks when XLA verifies the lowered program; of those messages the
+  verifier's own sentence is kept, without the source locations.
+  """
+  structs = (jax.ShapeDtypeStruct(lhs_shape, lhs_dtype), jax.ShapeDtypeStruct(rhs_shape, rhs_dtype))
+  fn = lambda lhs, rhs: _LAX_CONV(lhs, rhs, *args)
+  try:
+    with warnings.catch_warnings():  # lax divides by a zero stride before it rejects it
+      warnings.simplefilter("ignore")
+      jax.jit(fn).trace(*structs).lower()
+  except Exception as e:
+    text = str(e)
+  else:
+    return None
+  if text.startswith(_VERIFIER):
+    lines = [line.strip() for line in text[len(_VERIFIER) :].splitlines() if line.strip()]
+    text = lines[0] if lines else text
+  return text
 
 
 def _freeze(value: Any) -> Any:
@@ -378,7 +442,8 @@ def _normalize(
       f"conv_general_dilated `lhs` must have rank >= 2 (batch and feature), got shape {lhs_shape}."
     )
   # lax's own parser names the offending element of `dimension_numbers` precisely.
-  dnums = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  with _lax_speaks():
+    dnums = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
   ndim = len(lhs_shape) - 2
   strides = _int_tuple("window_strides", window_strides, ndim)
   if any(s <= 0 for s in strides):
@@ -474,22 +539,23 @@ def _normalize(
       )
 
   # lax has the last word on shape and dtype (and on `precision`/`preferred_element_type`).
-  out = jax.eval_shape(
-    functools.partial(
-      lax.conv_general_dilated,
-      window_strides=strides,
-      padding=pads,
-      lhs_dilation=lhs_dil,
-      rhs_dilation=rhs_dil,
-      dimension_numbers=dnums,
-      feature_group_count=fgc,
-      batch_group_count=bgc,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-    ),
-    jax.ShapeDtypeStruct(lhs_shape, lhs_dtype),
-    jax.ShapeDtypeStruct(rhs_shape, rhs_dtype),
-  )
+  with _lax_speaks():
+    out = jax.eval_shape(
+      functools.partial(
+        _LAX_CONV,
+        window_strides=strides,
+        padding=pads,
+        lhs_dilation=lhs_dil,
+        rhs_dilation=rhs_dil,
+        dimension_numbers=dnums,
+        feature_group_count=fgc,
+        batch_group_count=bgc,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+      ),
+      jax.ShapeDtypeStruct(lhs_shape, lhs_dtype),
+      jax.ShapeDtypeStruct(rhs_shape, rhs_dtype),
+    )
   return ConvGeometry(
     batch=batch,
     in_features=in_features,

@@ -47,3 +47,38 @@ def test_negative_low_padding_1d(algorithm):
     LHS, RHS, (1,), ((-1, 1),), precision="highest", algorithm=algorithm
   )
   np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("algorithm", ["lax", "auto"])
+def test_negative_2d_padding_on_the_lax_path(layout, algorithm):
+  # Padding ((-1, 1), (-1, -1)) with a 3x3 kernel: jitted XLA:CPU convolution (jax 0.10.2) gave
+  # inf and values changing from run to run. jaxconv's lax path crops and pads with lax.pad first.
+  import jax
+
+  rng = np.random.default_rng(7)
+  x = rng.standard_normal((2, 9, 8, 5)).astype(np.float32)  # NHWC
+  w = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)  # HWIO
+  pre = np.pad(x[:, 1:, 1:-1], ((0, 0), (0, 1), (0, 0), (0, 0)))
+  ref = lax.conv_general_dilated(
+    pre, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+  )
+  dn = (layout, "HWIO", layout)
+  xl = x if layout == "NHWC" else x.transpose(0, 3, 1, 2)
+  plan = jaxconv.plan(xl, w, (1, 1), ((-1, 1), (-1, -1)), dimension_numbers=dn, algorithm=algorithm)
+  f = jax.jit(
+    lambda x, w: jaxconv.conv_general_dilated(
+      x,
+      w,
+      (1, 1),
+      ((-1, 1), (-1, -1)),
+      dimension_numbers=dn,
+      precision="highest",
+      algorithm=algorithm,
+    )
+  )
+  out = np.asarray(f(xl, w))
+  if layout == "NCHW":
+    out = out.transpose(0, 2, 3, 1)
+  assert plan.algorithm in ("lax", "im2col")  # an exact algorithm either way
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
