@@ -1,0 +1,273 @@
+"""The autotuner: measuring, deciding, switching it on, `tune(fn)`; and lowering for CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+from jaxconv import _cache, _select, _tune
+from jaxconv._geometry import normalize
+
+DN = ("NHWC", "HWIO", "NHWC")
+# Large enough to be measured (above `_select.TINY_FLOPS`), small enough to compile quickly.
+X = jax.ShapeDtypeStruct((2, 16, 16, 32), np.float32)
+W = jax.ShapeDtypeStruct((3, 3, 32, 32), np.float32)
+KW = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN)
+FAKE = {"lax": 1.0, "im2col": 0.99, "winograd2": 0.5, "winograd4": 0.4, "winograd6": 3.0}
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+  # A fresh cache directory per test, and a short budget: the choice logic is what is tested.
+  monkeypatch.setenv("JAXCONV_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setenv("JAXCONV_TUNE_BUDGET", "0.3")
+  yield
+  jaxconv.set_nonfinite("fast")
+
+
+def _geometry(**kw):
+  return normalize(X, W, **{**KW, **kw})
+
+
+class FakeTimer:
+  """Deterministic: each candidate takes FAKE seconds; the calls are recorded, not run."""
+
+  def __init__(self, times=FAKE):
+    self.times, self.calls = times, []
+
+  def __call__(self, label, call):
+    del call
+    self.calls.append(label)
+    return self.times[label]
+
+
+@pytest.fixture(scope="module")
+def measured():
+  """One real measurement's compiled candidates and errors, with fake times."""
+  timer = FakeTimer()
+  entry = _tune.measure(_geometry(), timer=timer, store=False)
+  return entry, timer.calls
+
+
+def test_measure_times_every_candidate_interleaved_and_prunes(measured):
+  entry, calls = measured
+  assert set(entry["times"]) == set(FAKE)
+  assert entry["times"] == FAKE  # medians of the fake rounds
+  assert entry["rounds"] == _tune.MAX_ROUNDS  # fake rounds take no time: the round cap ends it
+  # Round one times all five in registry order; then those over PRUNE x the fastest stop (lax
+  # never does: it is the baseline).
+  assert calls[:5] == ["lax", "im2col", "winograd2", "winograd4", "winograd6"]
+  assert calls[5:8] == ["lax", "winograd2", "winograd4"]
+  assert calls.count("winograd6") == calls.count("im2col") == 1
+  assert len(calls) == 5 + 3 * (_tune.MAX_ROUNDS - 1)
+  # Errors are real: each candidate ran once against lax.
+  assert entry["errors"]["lax"] == 0.0
+  assert 0 < entry["errors"]["winograd4"] < 1e-5
+  assert entry["compile_s"] > 0 and entry["tuned_s"] >= entry["compile_s"]
+
+
+def _decide(entry, times=None, errors=None, allowed=tuple(FAKE)):
+  e = {**entry, "times": {**entry["times"], **(times or {})}}
+  e["errors"] = {**entry["errors"], **(errors or {})}
+  return _tune.decide(_geometry(), e, allowed)
+
+
+def test_decide_takes_the_fastest_that_beats_lax_by_the_margin(measured):
+  entry, _ = measured
+  label, reason = _decide(entry)
+  assert label == "winograd4" and reason.startswith("measured 2.50x faster than lax")
+  # Within the margin of lax: lax stays, so noise cannot flip the choice.
+  near = {"winograd2": 0.98, "winograd4": 0.97, "winograd6": 0.99}
+  assert _decide(entry, near)[0] == "lax"
+  assert _decide(entry, {**near, "winograd4": 1 / _tune.MARGIN - 1e-3})[0] == "winograd4"
+
+
+def test_decide_drops_candidates_beyond_their_tolerance(measured):
+  entry, _ = measured
+  label, reason = _decide(entry, errors={"winograd4": 1e-2})
+  assert label == "winograd2" and "dropped for accuracy: winograd4" in reason
+  label, reason = _decide(entry, errors={"winograd2": 1e-2, "winograd4": 1e-2, "im2col": 1.0})
+  assert label == "lax" and "within" in reason
+
+
+def test_auto_uses_a_cached_measurement_and_respects_exact_nonfinite(measured):
+  entry, _ = measured
+  g = _geometry()
+  _tune._store().put(g.key(), {**entry, "times": {**FAKE, "im2col": 0.9}})
+  p = jaxconv.plan(X, W, **KW)
+  assert (p.label, p.tile) == ("winograd4", (4, 4)) and p.reason.startswith("measured")
+  jaxconv.set_nonfinite("exact")
+  p = jaxconv.plan(X, W, **KW)
+  assert p.algorithm == "im2col" and "non-finite" in p.reason
+  # Another precision is another geometry: not measured, so predicted.
+  assert jaxconv.plan(X, W, **KW, precision="highest").reason.startswith("predicted")
+
+
+def test_autotune_block_measures_at_trace_time_inside_jit_vmap_and_grad():
+  traces = []
+
+  def f(x, w):
+    traces.append(1)
+    y = jaxconv.conv_general_dilated(x, w, **KW)
+    return jnp.sum(y**2)
+
+  fn = jax.jit(jax.vmap(jax.grad(f, argnums=1), in_axes=(0, None)))
+  x = jnp.ones((3, *X.shape), np.float32)
+  w = jnp.ones(W.shape, np.float32)
+  fn(x, w)  # traced on the heuristic
+  before = jaxconv.cache_info()["autotune"].measured
+  with jaxconv.autotune():
+    fn(x, w)  # traced again: the block is part of jit's cache key
+  assert len(traces) == 2
+  assert jaxconv.cache_info()["autotune"].measured > before  # the forward, and its kernel grad
+  # vmap traces the function once, unbatched: that is the geometry measured.
+  assert _tune.lookup(_geometry()) is not None
+  fn(x, w)  # the block measured something: traced once more, now on the measurements
+  fn(x, w)
+  assert len(traces) == 3
+
+
+def test_set_autotune_and_the_decorator():
+  assert jaxconv.set_autotune(True) is False
+  try:
+    assert _tune.autotune_enabled()
+    with jaxconv.autotune(False):
+      assert not _tune.autotune_enabled()
+  finally:
+    assert jaxconv.set_autotune(False) is True
+
+  @jaxconv.autotune()
+  def inside():
+    return _tune.autotune_enabled()
+
+  assert inside() and not _tune.autotune_enabled()
+  with pytest.raises(TypeError, match="enabled"):
+    jaxconv.set_autotune("yes")
+
+
+def test_environment_variable_turns_it_on():
+  code = "import jaxconv._tune as t; print(t.autotune_enabled())"
+  env = {**os.environ, "JAXCONV_AUTOTUNE": "1"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert out.stdout.strip() == "True", out.stderr
+
+
+def test_tune_collects_forward_and_backward_convolutions():
+  def loss(x, w):
+    return jnp.sum(jaxconv.conv_general_dilated(x, w, **KW) ** 2)
+
+  x, w = jnp.ones(X.shape, np.float32), jnp.ones(W.shape, np.float32)
+  table = jaxconv.tune(jax.jit(jax.grad(loss, argnums=(0, 1))), x, w)
+  forward = normalize(x, w, **KW)
+  assert table[0].geometry == forward and table[0].requested == "auto"
+  assert len(table) == 3  # the forward, the input gradient and the kernel gradient
+  assert all(t.times is not None and "lax" in t.times for t in table)
+  for t in table:
+    assert t.algorithm in t.times and t.speedup > 0
+  text = str(table)
+  assert text.splitlines()[0].startswith("convolution") and "32 -> 32" in text
+  # A second tune finds everything cached (nothing measured again) and still lists it all.
+  before = jaxconv.cache_info()["autotune"].measured
+  again = jaxconv.tune(jax.jit(jax.grad(loss, argnums=(0, 1))), x, w)
+  assert [t.geometry for t in again] == [t.geometry for t in table]
+  assert jaxconv.cache_info()["autotune"].measured == before
+
+
+def test_tune_finds_convolutions_inside_use_blocks():
+  def model(x, w):
+    with jaxconv.use("auto"):
+      return lax.conv_general_dilated(x, w, **KW)
+
+  table = jaxconv.tune(model, jnp.ones(X.shape, np.float32), jnp.ones(W.shape, np.float32))
+  assert len(table) == 1 and table[0].times is not None
+
+
+def test_tiny_convolutions_and_patch_copies_stay_exact():
+  # The patches of a 3x14x10x5 input of ones with a 2x2 window must be exactly one.
+  x = jnp.ones((3, 14, 10, 5))
+  with jaxconv.use("auto"):
+    patches = lax.conv_general_dilated_patches(x, (2, 2), (1, 1), "VALID")
+  np.testing.assert_array_equal(np.asarray(patches), 1.0)
+  p = jaxconv.plan(
+    jax.ShapeDtypeStruct((16, 5, 64, 64), np.float32),
+    jax.ShapeDtypeStruct((20, 1, 2, 2), np.float32),
+    (1, 1),
+    "VALID",
+    feature_group_count=5,
+  )
+  assert p.geometry.flops >= _select.TINY_FLOPS and p.algorithm != "winograd"
+  assert "patch extraction" in p.reason
+
+
+def test_without_a_measurement_other_backends_run_lax(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  p = jaxconv.plan(
+    jax.ShapeDtypeStruct((8, 28, 28, 128), np.float32),
+    jax.ShapeDtypeStruct((3, 3, 128, 128), np.float32),
+    **KW,
+  )
+  assert p.algorithm == "lax" and "no measurement on gpu" in p.reason
+
+
+# Every algorithm, its gradients and a tuned `auto` lower for CUDA on a CPU-only machine. ---------
+
+
+def _lower_cuda(f, *args):
+  return jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("algorithm", [a for a in jaxconv.ALGORITHMS if a != "auto"])
+@pytest.mark.parametrize("case", ["3x3", "strided-grouped", "dilated-1d"])
+def test_every_algorithm_and_gradient_lowers_for_cuda(algorithm, case):
+  if case == "3x3":
+    x, w, kw = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8)), dict(KW)
+  elif case == "strided-grouped":
+    x, w = jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 2, 8))
+    kw = dict(KW, window_strides=(2, 2), feature_group_count=2)
+  else:
+    x, w = jnp.ones((2, 12, 4)), jnp.ones((3, 4, 4))
+    kw = dict(
+      window_strides=(1,),
+      padding="SAME",
+      rhs_dilation=(2,),
+      dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+  f = lambda x, w: jaxconv.conv_general_dilated(x, w, **kw, algorithm=algorithm)
+  try:
+    text = _lower_cuda(f, x, w)
+  except NotImplementedError:
+    pytest.skip(f"{algorithm} cannot run {case}")
+  assert "func.func public @main" in text
+  grad = jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))
+  assert "func.func public @main" in _lower_cuda(grad, x, w)
+  hessian_vector = jax.jvp(lambda x: grad(x, w)[0], (x,), (x,))
+  assert hessian_vector[0].shape == x.shape
+
+
+def test_tuned_auto_lowers_for_cuda(measured):
+  entry, _ = measured
+  g = _geometry()
+  _tune._store().put(g.key(), entry)
+  f = lambda x, w: jaxconv.conv_general_dilated(x, w, **KW)
+  assert jaxconv.plan(X, W, **KW).label == "winograd4"
+  assert "func.func public @main" in _lower_cuda(
+    f, jnp.ones(X.shape, np.float32), jnp.ones(W.shape, np.float32)
+  )
+  grad = jax.grad(lambda x, w: jnp.sum(f(x, w)), argnums=(0, 1))
+  assert "func.func public @main" in _lower_cuda(
+    grad, jnp.ones(X.shape, np.float32), jnp.ones(W.shape, np.float32)
+  )
+
+
+def test_cache_info_reports_the_autotune_store():
+  info = jaxconv.cache_info()["autotune"]
+  assert isinstance(info, _cache.TuneCacheInfo)
+  assert info.path.startswith(os.environ["JAXCONV_CACHE_DIR"]) and info.writable
