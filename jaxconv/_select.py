@@ -8,9 +8,9 @@ The `auto` rule, in order:
 
 1. Nothing to compute (empty result or no input features), a 0-D convolution or a 1x1 kernel
    (each a plain matrix product): lax.
-2. Only exact algorithms (the same products as lax) are candidates for a tiny convolution, where
-   every algorithm takes microseconds and an approximation gains nothing, for a convolution shaped
-   like patch extraction (one input feature per group and one output per kernel tap, as in
+2. A tiny convolution (under `TINY_FLOPS`), where every algorithm takes microseconds: lax, which
+   has the least overhead. Only exact algorithms (the same products as lax) are candidates for a
+   convolution shaped like patch extraction (one input feature per group and one output per kernel tap, as in
    `lax.conv_general_dilated_patches`: a one-hot kernel, a copy that must stay exact), and under
    `set_nonfinite("exact")`.
 3. A measurement of this geometry on this device (the autotuner's cache, `jaxconv._tune`;
@@ -40,7 +40,7 @@ from jaxconv._registry import ALGORITHMS, REGISTRY, by_name, forced
 __all__ = ["ALGORITHMS", "Plan", "check_algorithm", "choose", "set_nonfinite"]
 
 MIN_PREDICTED_GAIN = 1.1
-# Below this many FLOPs every algorithm takes microseconds: only exact algorithms are candidates.
+# Below this many FLOPs every algorithm takes microseconds: lax, exact and with the least overhead.
 TINY_FLOPS = 4_000_000
 
 NONFINITE_MODES = ("fast", "exact")
@@ -136,8 +136,6 @@ def _exact_only(g: ConvGeometry) -> str | None:
   """Why only exact algorithms may compute `g`, or None."""
   if _nonfinite == "exact":
     return "non-finite values must propagate exactly as in lax (set_nonfinite('exact'))"
-  if g.flops < TINY_FLOPS:
-    return f"it is tiny ({g.flops} FLOPs): every algorithm takes microseconds"
   taps = math.prod(g.kernel)
   if (
     g.group_in_features == 1
@@ -155,12 +153,20 @@ def _auto(g: ConvGeometry, measure: bool) -> Plan:
     return _plan(g, "lax", None, "a 0-D convolution is a single matrix product that lax emits")
   if math.prod(g.kernel) == 1:
     return _plan(g, "lax", None, "a 1x1 kernel is a plain matrix product, which lax emits as such")
+  if g.flops < TINY_FLOPS:
+    return _plan(
+      g,
+      "lax",
+      None,
+      f"it is tiny ({g.flops} FLOPs): every algorithm takes microseconds, and "
+      "lax has the least overhead",
+    )
   exact_only = _exact_only(g)
   able = [a for a in REGISTRY if a.cannot(g) is None and (a.exact or exact_only is None)]
   note = "" if exact_only is None else f"; only exact algorithms, since {exact_only}"
 
   entry = _tune.lookup(g)
-  if entry is None and measure and g.flops >= TINY_FLOPS:  # tiny: nothing worth measuring
+  if entry is None and measure:
     entry = _tune.measure(g)
   if entry is not None:
     allowed = [a.label(v) for a in able for v in a.variants(g)]

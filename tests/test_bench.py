@@ -131,6 +131,14 @@ def test_cli_bench_end_to_end(tmp_path, capsys):
   picked = res["auto"]["algorithm"]
   assert res["auto"]["same_as"] in ("lax", "im2col", "winograd", "winograd2"), picked
   assert layer["auto"]["algorithm"] == picked
+  # Best lax: lax timed again in a child process with the other YNNPACK setting.
+  assert machine["ynn_fusions"] == ("on" if _bench.ynn_fusions_on() else "off")
+  assert record["best_lax"]["other_ynn_fusions"] != machine["ynn_fusions"]
+  assert layer["lax_other_ms"] > 0
+  assert layer["best_lax_ms"] == min(layer["lax_other_ms"], res["lax"]["ms"])
+  for name, r in res.items():
+    assert r["speedup_best"] == pytest.approx(layer["best_lax_ms"] / r["ms"]), name
+  assert "x best" in text and (first / "speedup_best_lax.png").stat().st_size > 0
 
   second = tmp_path / "second"
   assert main([*_bench_args(second, "--no-figures"), "--compare", str(first / "bench.json")]) == 0

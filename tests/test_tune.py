@@ -160,7 +160,11 @@ def test_environment_variable_turns_it_on():
   assert out.stdout.strip() == "True", out.stderr
 
 
-def test_tune_collects_forward_and_backward_convolutions():
+def test_tune_collects_forward_and_backward_convolutions(monkeypatch):
+  # Deterministic times: winograd4 wins, so the forward runs jaxconv's primitive, whose transposes
+  # (the gradients) are jaxconv convolutions again. (A forward on lax keeps lax's own gradients.)
+  monkeypatch.setattr(_tune, "_default_timer", FakeTimer())
+
   def loss(x, w):
     return jnp.sum(jaxconv.conv_general_dilated(x, w, **KW) ** 2)
 
