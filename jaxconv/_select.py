@@ -10,9 +10,9 @@ The `auto` rule, in order:
    (each a plain matrix product): lax.
 2. A tiny convolution (under `TINY_FLOPS`), where every algorithm takes microseconds: lax, which
    has the least overhead. Only exact algorithms (the same products as lax) are candidates for a
-   convolution shaped like patch extraction (one input feature per group and one output per kernel tap, as in
-   `lax.conv_general_dilated_patches`: a one-hot kernel, a copy that must stay exact), and under
-   `set_nonfinite("exact")`.
+   convolution shaped like patch extraction (one input feature per group, one output per kernel
+   tap, as in `lax.conv_general_dilated_patches`: a one-hot kernel, a copy that must stay exact)
+   and under `set_nonfinite("exact")`.
 3. A measurement of this geometry on this device (the autotuner's cache, `jaxconv._tune`;
    measured now when autotuning is on): the fastest admissible candidate if it beats lax by the
    tuner's margin, else lax. `Plan.reason` starts with "measured".

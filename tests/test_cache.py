@@ -1,4 +1,4 @@
-"""The tuning cache on disk: location, key, atomic and concurrent writes, bad files, no directory."""
+"""The tuning cache on disk: location, key, atomic concurrent writes, bad files, no directory."""
 
 from __future__ import annotations
 
