@@ -1,4 +1,5 @@
-"""The `jaxconv` command line: `jaxconv bench` (the benchmarks) and `jaxconv demo` (the seed)."""
+"""The `jaxconv` command line: `jaxconv bench` (the benchmarks), `jaxconv tune` (the tuning cache)
+and `jaxconv demo` (the seed)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,28 @@ def main(argv: list[str] | None = None) -> int:
     description="Times lax.conv_general_dilated and jaxconv's algorithms side by side on the "
     "benchmark shape table; prints a table and writes bench.json, bench.md and PNG figures.",
   )
+  tune = sub.add_parser(
+    "tune",
+    help="measure the benchmark table's layers into the tuning cache; --show, --clear",
+    description="Measures every candidate algorithm on the benchmark table's layers and stores "
+    "the results in jaxconv's tuning cache, which `auto` then uses; --show lists the cache and "
+    "--clear deletes it.",
+  )
   demo = sub.add_parser(
     "demo",
     help="the seed example on real photographs: numpy im2col, jaxconv and lax side by side",
   )
   # Imported here so that `jaxconv --help` stays fast.
-  from jaxconv import _bench, _demo
+  from jaxconv import _bench, _demo, _tune_cli
 
   _bench.add_arguments(bench)
+  _tune_cli.add_arguments(tune)
   _demo.add_arguments(demo)
   args = parser.parse_args(argv)
   if args.command == "bench":
     return _bench.main(args, argv)
+  if args.command == "tune":
+    return _tune_cli.main(args)
   return _demo.main(args)
 
 

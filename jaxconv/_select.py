@@ -146,21 +146,31 @@ def _exact_only(g: ConvGeometry) -> str | None:
   return None
 
 
-def _auto(g: ConvGeometry, measure: bool) -> Plan:
+def _settled(g: ConvGeometry) -> str | None:
+  """Why `auto` runs lax on `g` whatever a measurement would say, or None."""
   if g.is_empty:
-    return _plan(g, "lax", None, "the result is empty or all zeros; there is nothing to compute")
+    return "the result is empty or all zeros; there is nothing to compute"
   if g.ndim == 0:
-    return _plan(g, "lax", None, "a 0-D convolution is a single matrix product that lax emits")
+    return "a 0-D convolution is a single matrix product that lax emits"
   if math.prod(g.kernel) == 1:
-    return _plan(g, "lax", None, "a 1x1 kernel is a plain matrix product, which lax emits as such")
+    return "a 1x1 kernel is a plain matrix product, which lax emits as such"
   if g.flops < TINY_FLOPS:
-    return _plan(
-      g,
-      "lax",
-      None,
-      f"it is tiny ({g.flops} FLOPs): every algorithm takes microseconds, and "
-      "lax has the least overhead",
+    return (
+      f"it is tiny ({g.flops} FLOPs): every algorithm takes microseconds, and lax has the least "
+      "overhead"
     )
+  return None
+
+
+def measurable(g: ConvGeometry) -> bool:
+  """Whether `auto` would use a measurement of `g` (the tuner skips the rest)."""
+  return _settled(g) is None
+
+
+def _auto(g: ConvGeometry, measure: bool) -> Plan:
+  settled = _settled(g)
+  if settled is not None:
+    return _plan(g, "lax", None, settled)
   exact_only = _exact_only(g)
   able = [a for a in REGISTRY if a.cannot(g) is None and (a.exact or exact_only is None)]
   note = "" if exact_only is None else f"; only exact algorithms, since {exact_only}"

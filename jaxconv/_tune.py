@@ -377,10 +377,9 @@ def tune(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TuneTable:
     >>> import jax, jax.numpy as jnp, jaxconv
     >>> dn = ("NHWC", "HWIO", "NHWC")
     >>> f = lambda x, w: jaxconv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
-    >>> table = jaxconv.tune(jax.grad(lambda x, w: f(x, w).sum(), argnums=(0, 1)),
-    ...                      jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
-    >>> len(table) >= 2, table[0].requested
-    (True, 'auto')
+    >>> table = jaxconv.tune(f, jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
+    >>> len(table), table[0].algorithm, table[0].reason[:10]  # too small to be worth measuring
+    (1, 'lax', 'it is tiny')
   """
   seen: dict = {}
   token = _collector.set(seen)

@@ -181,7 +181,8 @@ def test_haiku_block(algorithm):
   with jaxconv.use(algorithm):
     got = _haiku()
     names = {e.primitive.name for e in jax.make_jaxpr(lambda x: _haiku())(0).eqns}
-  assert "jaxconv_conv" in names
+  if algorithm != "auto":  # these layers are tiny: `auto` runs them on lax
+    assert "jaxconv_conv" in names
   _assert_close(got, ref)
 
 

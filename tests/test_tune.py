@@ -275,3 +275,22 @@ def test_cache_info_reports_the_autotune_store():
   info = jaxconv.cache_info()["autotune"]
   assert isinstance(info, _cache.TuneCacheInfo)
   assert info.path.startswith(os.environ["JAXCONV_CACHE_DIR"]) and info.writable
+
+
+def test_cli_tune_fills_shows_and_clears_the_cache(capsys, monkeypatch):
+  from jaxconv._cli import main
+
+  monkeypatch.setattr(_tune, "_default_timer", FakeTimer())
+  assert main(["tune", "--shapes", "seed,tiny"]) == 0
+  out = capsys.readouterr().out
+  assert "seed" in out and "tuned in" in out and "winograd4" in out
+  assert "not measured" in out  # the tiny layer runs lax whatever is measured
+  assert "per geometry min" in out
+  assert main(["tune", "--shapes", "seed"]) == 0
+  assert "cached" in capsys.readouterr().out
+  assert main(["tune", "--show"]) == 0
+  out = capsys.readouterr().out
+  assert "this device and setup" in out and "fastest winograd4 2.50x lax" in out
+  assert main(["tune", "--clear"]) == 0
+  assert "removed 1 cache file" in capsys.readouterr().out
+  assert not _cache.files()

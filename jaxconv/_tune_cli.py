@@ -1,0 +1,101 @@
+"""`jaxconv tune`: fill the tuning cache for the benchmark table's layers, list it, or clear it."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from jaxconv import _cache, _tune
+from jaxconv._geometry import normalize
+from jaxconv._select import choose, measurable
+from jaxconv._shapes import select
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  """The `jaxconv tune` options."""
+  p.add_argument("--quick", action="store_true", help="only the quick subset of the shape table")
+  p.add_argument("--shapes", help="comma-separated shape names or tags (see jaxconv bench --list)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="only layers of this dtype")
+  p.add_argument(
+    "--precision",
+    default="highest",
+    choices=("highest", "default"),
+    help="the precision to tune at (default: highest, as `jaxconv bench` times; a model that "
+    "passes no precision runs at default, another cache entry)",
+  )
+  p.add_argument("--force", action="store_true", help="measure again what the cache already has")
+  p.add_argument("--show", action="store_true", help="list the cache files and their entries")
+  p.add_argument("--clear", action="store_true", help="delete every jaxconv cache file")
+
+
+def _show() -> int:
+  files = _cache.files()
+  print(f"cache directory: {_cache.cache_dir()}")
+  current = _tune._store().path
+  if not files:
+    print("no measurements")
+  for path, data in files:
+    key = data.get("device_key", {})
+    mark = " (this device and setup)" if path == current else ""
+    print(f"\n{path.name}{mark}: {len(data['entries'])} geometries")
+    print("  " + ", ".join(f"{k}={v}" for k, v in key.items()))
+    for geometry, entry in data["entries"].items():
+      times = entry.get("times", {})
+      if "lax" not in times:
+        continue
+      best = min(times, key=times.get)
+      print(
+        f"  {geometry}\n    fastest {best} {times['lax'] / times[best]:.2f}x lax "
+        f"({', '.join(f'{k} {v * 1e3:.3g} ms' for k, v in sorted(times.items()))}); tuned in "
+        f"{entry.get('tuned_s', float('nan')):.2f} s"
+      )
+  return 0
+
+
+def main(args: argparse.Namespace) -> int:
+  """Runs `jaxconv tune` with parsed `args`."""
+  if args.clear:
+    removed = _cache.clear()
+    print(f"removed {len(removed)} cache file(s) from {_cache.cache_dir()}")
+    return 0
+  if args.show:
+    return _show()
+  names = [n.strip() for n in args.shapes.split(",") if n.strip()] if args.shapes else None
+  try:
+    shapes = select(names, quick=args.quick, dtype=args.dtype)
+  except KeyError as e:
+    print(e.args[0], file=sys.stderr)
+    return 2
+  precision = None if args.precision == "default" else args.precision
+  costs, compiles = [], []
+  start = time.perf_counter()
+  for s in shapes:
+    structs = [jax.ShapeDtypeStruct(a, np.dtype(s.dtype)) for a in (s.lhs, s.rhs)]
+    g = normalize(*structs, **s.kwargs(), precision=precision)
+    cached = _tune.lookup(g) is not None and not args.force
+    if measurable(g) and not cached:
+      entry = _tune.measure(g)
+      costs.append(entry["tuned_s"])
+      compiles.append(entry["compile_s"])
+    plan = choose(g, "auto", measure=False)
+    if not measurable(g):
+      cost = "not measured"
+    else:
+      cost = "cached" if cached else f"tuned in {costs[-1]:.2f} s"
+    print(f"{s.name:<24} {plan.label:<10} {cost:<16} {plan.reason}")
+    sys.stdout.flush()
+  if costs:
+    print(
+      f"\ntuned {len(costs)} geometries in {time.perf_counter() - start:.0f} s: per geometry "
+      f"min {min(costs):.2f} s, median {statistics.median(costs):.2f} s, max {max(costs):.2f} s "
+      f"(compiles: median {statistics.median(compiles):.2f} s, max {max(compiles):.2f} s)"
+    )
+  print(f"cache: {_tune._store().path}")
+  return 0
