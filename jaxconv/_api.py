@@ -11,6 +11,7 @@ import jax
 from jax.typing import ArrayLike, DTypeLike
 
 from jaxconv import _geometry, _transforms, _tune
+from jaxconv._autodiff import _explicit_axes
 from jaxconv._autodiff import conv as _conv_with_rules
 from jaxconv._cache import TuneCacheInfo
 from jaxconv._geometry import ConvGeometry, normalize
@@ -164,7 +165,8 @@ def conv_general_dilated(
     >>> y.shape, bool(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref) < 1e-5)
     ((2, 16, 16, 8), True)
   """
-  p = plan(
+  check_algorithm(algorithm)
+  g = normalize(
     lhs,
     rhs,
     window_strides,
@@ -176,8 +178,8 @@ def conv_general_dilated(
     batch_group_count,
     precision,
     preferred_element_type,
-    algorithm=algorithm,
   )
+  p = choose(g, algorithm, local=_per_device(lhs, rhs, g) if algorithm == "auto" else None)
   if p.algorithm == "lax":
     return _run_lax(lhs, rhs, p.geometry, None, out_sharding=out_sharding)
   # One primitive with jaxconv's own jvp, transpose and batching rules, which runs `_run`.
@@ -186,6 +188,32 @@ def conv_general_dilated(
   if out_sharding is not None and not getattr(getattr(out_sharding, "mesh", None), "empty", False):
     out = jax.sharding.reshard(out, out_sharding)
   return out
+
+
+def _per_device(lhs: Any, rhs: Any, g: ConvGeometry) -> ConvGeometry | None:
+  """What one device computes, for operands sharded explicitly (in their types); else None."""
+  if not any(_explicit_axes(x) for x in (lhs, rhs)):
+    return None
+  structs = []
+  for x in (lhs, rhs):
+    aval = jax.typeof(x)
+    shape = aval.sharding.shard_shape(aval.shape) if _explicit_axes(aval) else aval.shape
+    structs.append(jax.ShapeDtypeStruct(shape, aval.dtype))
+  try:
+    return normalize(
+      *structs,
+      g.strides,
+      g.padding,
+      g.lhs_dilation,
+      g.rhs_dilation,
+      g.dimension_numbers,
+      g.feature_group_count,
+      g.batch_group_count,
+      g.precision,
+      g.preferred_element_type,
+    )
+  except (TypeError, ValueError):  # features split across devices: no convolution of its own
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -167,7 +167,7 @@ def measurable(g: ConvGeometry) -> bool:
   return _settled(g) is None
 
 
-def _auto(g: ConvGeometry, measure: bool) -> Plan:
+def _auto(g: ConvGeometry, measure: bool, local: ConvGeometry) -> Plan:
   settled = _settled(g)
   if settled is not None:
     return _plan(g, "lax", None, settled)
@@ -175,12 +175,12 @@ def _auto(g: ConvGeometry, measure: bool) -> Plan:
   able = [a for a in REGISTRY if a.cannot(g) is None and (a.exact or exact_only is None)]
   note = "" if exact_only is None else f"; only exact algorithms, since {exact_only}"
 
-  entry = _tune.lookup(g)
+  entry = _tune.lookup(local)
   if entry is None and measure:
-    entry = _tune.measure(g)
+    entry = _tune.measure(local)
   if entry is not None:
     allowed = [a.label(v) for a in able for v in a.variants(g)]
-    label, reason = _tune.decide(g, entry, allowed)
+    label, reason = _tune.decide(local, entry, allowed)
     return _plan(g, *_resolve(g, label), reason + note)
 
   backend = jax.default_backend()
@@ -231,13 +231,20 @@ def _forced(g: ConvGeometry, algorithm: str) -> Plan:
   return _plan(g, a.name, a.resolve(g, hint), "requested by the caller")
 
 
-def choose(g: ConvGeometry, algorithm: str, *, measure: bool | None = None) -> Plan:
+def choose(
+  g: ConvGeometry,
+  algorithm: str,
+  *,
+  measure: bool | None = None,
+  local: ConvGeometry | None = None,
+) -> Plan:
   """Picks the algorithm for `g`.
 
   Args:
     g: the normalised convolution.
     algorithm: one of `ALGORITHMS`.
     measure: for "auto", measure an unseen geometry now (None: when autotuning is on).
+    local: for "auto" on sharded operands, what one device computes: that is what is measured.
 
   Returns:
     The plan.
@@ -249,7 +256,7 @@ def choose(g: ConvGeometry, algorithm: str, *, measure: bool | None = None) -> P
   """
   check_algorithm(algorithm)
   if algorithm == "auto":
-    plan = _auto(g, _tune.autotune_enabled() if measure is None else measure)
+    plan = _auto(g, _tune.autotune_enabled() if measure is None else measure, local or g)
   else:
     plan = _forced(g, algorithm)
   _tune.collect(g, algorithm, plan)

@@ -139,3 +139,25 @@ def test_data_parallel_training_step(algorithm, mode):
   assert rel_err(loss, ref[0]) <= 1e-5
   for got, want in zip(jax.tree.leaves(new_params), jax.tree.leaves(ref[1])):
     assert rel_err(got, want) <= 1e-5
+
+
+def test_tuning_under_explicit_sharding_measures_what_one_device_computes(tmp_path, monkeypatch):
+  from jaxconv import _tune
+  from jaxconv._geometry import normalize
+
+  monkeypatch.setenv("JAXCONV_CACHE_DIR", str(tmp_path))
+  monkeypatch.setenv("JAXCONV_TUNE_BUDGET", "0.2")
+  rng = rng_for("tune-sharded")
+  x_host = rng.standard_normal((8 * DEVICES, 16, 16, 16)).astype(np.float32)
+  w_host = (rng.standard_normal((3, 3, 16, 32)) / 12).astype(np.float32)
+  mesh = _mesh("explicit-axes")
+  with jax.set_mesh(mesh), jaxconv.autotune():
+    x = jax.device_put(x_host, NamedSharding(mesh, P("data")))
+    w = jax.device_put(w_host, NamedSharding(mesh, P()))
+    y = jax.jit(_conv("auto"))(x, w)
+  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN, precision=HIGHEST)
+  assert _tune.lookup(normalize(x_host[:8], w_host, **kw)) is not None  # one device's share
+  assert _tune.lookup(normalize(x_host, w_host, **kw)) is None
+  ref = lax.conv_general_dilated(x_host, w_host, **kw)
+  assert y.sharding.is_equivalent_to(NamedSharding(mesh, P("data")), y.ndim)
+  assert rel_err(y, ref) <= 1e-5
