@@ -14,7 +14,7 @@ from jaxconv import _geometry, _transforms, _tune
 from jaxconv._autodiff import _explicit_axes
 from jaxconv._autodiff import conv as _conv_with_rules
 from jaxconv._cache import TuneCacheInfo
-from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._geometry import ConvGeometry, normalize, renormalize
 from jaxconv._im2col import im2col_indices
 from jaxconv._lax import LAX
 from jaxconv._registry import by_name
@@ -200,18 +200,7 @@ def _per_device(lhs: Any, rhs: Any, g: ConvGeometry) -> ConvGeometry | None:
     shape = aval.sharding.shard_shape(aval.shape) if _explicit_axes(aval) else aval.shape
     structs.append(jax.ShapeDtypeStruct(shape, aval.dtype))
   try:
-    return normalize(
-      *structs,
-      g.strides,
-      g.padding,
-      g.lhs_dilation,
-      g.rhs_dilation,
-      g.dimension_numbers,
-      g.feature_group_count,
-      g.batch_group_count,
-      g.precision,
-      g.preferred_element_type,
-    )
+    return renormalize(g, *structs)
   except (TypeError, ValueError):  # features split across devices: no convolution of its own
     return None
 

@@ -56,7 +56,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._geometry import ConvGeometry, renormalize
 
 __all__ = ["conv", "conv_p"]
 
@@ -257,19 +257,7 @@ ad.defbilinear(conv_p, _transpose_lhs, _transpose_rhs)
 
 def _rebind(lhs, rhs, g: ConvGeometry, fgc: int, bgc: int, algorithm: str, tile):
   """The same convolution on reshaped operands, with the same algorithm and tile."""
-  g2 = normalize(
-    lhs,
-    rhs,
-    g.strides,
-    g.padding,
-    g.lhs_dilation,
-    g.rhs_dilation,
-    g.dimension_numbers,
-    fgc,
-    bgc,
-    g.precision,
-    g.preferred_element_type,
-  )
+  g2 = renormalize(g, lhs, rhs, fgc, bgc)
   return conv_p.bind(lhs, rhs, geometry=g2, algorithm=algorithm, tile=tile)
 
 

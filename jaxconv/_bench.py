@@ -682,11 +682,26 @@ def write(record: dict, out: Path, *, with_figures: bool = True) -> list[Path]:
 # ----------------------------------------------------------------------------- command line
 
 
+def add_selection(p: argparse.ArgumentParser) -> None:
+  """The options that select layers of the shape table (`jaxconv bench` and `jaxconv tune`)."""
+  p.add_argument("--quick", action="store_true", help="only the quick subset (about a minute)")
+  p.add_argument("--shapes", help="comma-separated shape names or tags (see bench --list)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="only layers of this dtype")
+
+
+def selected_shapes(args: argparse.Namespace) -> list[Shape] | None:
+  """The layers `add_selection`'s options select; None (after a message) for an unknown name."""
+  names = [n.strip() for n in args.shapes.split(",") if n.strip()] if args.shapes else None
+  try:
+    return list(select(names, quick=args.quick, dtype=args.dtype))
+  except KeyError as e:
+    print(e.args[0], file=sys.stderr)
+    return None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
   """The `jaxconv bench` options."""
-  p.add_argument("--quick", action="store_true", help="only the quick subset (about a minute)")
-  p.add_argument("--shapes", help="comma-separated shape names or tags (see --list)")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="only layers of this dtype")
+  add_selection(p)
   p.add_argument(
     "--algorithms",
     default=",".join(DEFAULT_ALGORITHMS),
@@ -726,11 +741,8 @@ def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     old, new = (json.loads(Path(p).read_text()) for p in args.compare)
     print(compare(old, new))
     return 0
-  names = [n.strip() for n in args.shapes.split(",") if n.strip()] if args.shapes else None
-  try:
-    shapes = select(names, quick=args.quick, dtype=args.dtype)
-  except KeyError as e:
-    print(e.args[0], file=sys.stderr)
+  shapes = selected_shapes(args)
+  if shapes is None:
     return 2
   if args.list:
     for s in shapes:

@@ -29,8 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax._src.lax import lax as lax_internal
 
-__all__ = ["ConvGeometry", "PaddingError", "RankError", "grouped_operands", "normalize"]
+__all__ = [
+  "ConvGeometry",
+  "PaddingError",
+  "RankError",
+  "grouped_operands",
+  "normalize",
+  "renormalize",
+]
 
 
 # Two cases where lax raises an unusual exception type. Ours subclass both the conventional type and
@@ -219,9 +227,18 @@ def _pairs(pads: Sequence[tuple[int, int]]) -> str:
 
 
 def _precision_name(precision: Any) -> str:
-  if isinstance(precision, tuple):
-    return "/".join(_precision_name(p) for p in precision)
-  return str(getattr(precision, "name", precision))
+  """One name per computation: "highest" and `Precision.HIGHEST` alike, None and DEFAULT alike."""
+  canonical = lax_internal.canonicalize_precision(precision)
+  if canonical is None:
+    return "default"
+  if isinstance(canonical, tuple):
+    names = {str(getattr(p, "name", p)).lower() for p in canonical}
+    return (
+      "/".join(str(getattr(p, "name", p)).lower() for p in canonical)
+      if len(names) > 1
+      else (names.pop())
+    )
+  return str(getattr(canonical, "name", canonical)).lower()  # a dot algorithm preset
 
 
 def grouped_operands(
@@ -580,3 +597,26 @@ def _normalize(
 
 
 _normalize_cached = functools.lru_cache(maxsize=1024)(_normalize)
+
+
+def renormalize(
+  g: ConvGeometry,
+  lhs: Any,
+  rhs: Any,
+  feature_group_count: int | None = None,
+  batch_group_count: int | None = None,
+) -> ConvGeometry:
+  """`g`'s convolution on operands of other shapes (and, optionally, other group counts)."""
+  return normalize(
+    lhs,
+    rhs,
+    g.strides,
+    g.padding,
+    g.lhs_dilation,
+    g.rhs_dilation,
+    g.dimension_numbers,
+    g.feature_group_count if feature_group_count is None else feature_group_count,
+    g.batch_group_count if batch_group_count is None else batch_group_count,
+    g.precision,
+    g.preferred_element_type,
+  )

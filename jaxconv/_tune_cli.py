@@ -11,18 +11,16 @@ import jax
 import numpy as np
 
 from jaxconv import _cache, _tune
+from jaxconv._bench import add_selection, selected_shapes
 from jaxconv._geometry import normalize
 from jaxconv._select import choose, measurable
-from jaxconv._shapes import select
 
 __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   """The `jaxconv tune` options."""
-  p.add_argument("--quick", action="store_true", help="only the quick subset of the shape table")
-  p.add_argument("--shapes", help="comma-separated shape names or tags (see jaxconv bench --list)")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="only layers of this dtype")
+  add_selection(p)
   p.add_argument(
     "--precision",
     default="highest",
@@ -67,11 +65,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
   if args.show:
     return _show()
-  names = [n.strip() for n in args.shapes.split(",") if n.strip()] if args.shapes else None
-  try:
-    shapes = select(names, quick=args.quick, dtype=args.dtype)
-  except KeyError as e:
-    print(e.args[0], file=sys.stderr)
+  shapes = selected_shapes(args)
+  if shapes is None:
     return 2
   precision = None if args.precision == "default" else args.precision
   costs, compiles = [], []

@@ -109,6 +109,10 @@ def test_auto_uses_a_cached_measurement_and_respects_exact_nonfinite(measured):
   assert p.algorithm == "im2col" and "non-finite" in p.reason
   # Another precision is another geometry: not measured, so predicted.
   assert jaxconv.plan(X, W, **KW, precision="highest").reason.startswith("predicted")
+  # The same precision spelled another way is the same one.
+  for same in ("default", lax.Precision.DEFAULT, ("default", "fastest")):
+    assert jaxconv.plan(X, W, **KW, precision=same).reason.startswith("measured"), same
+  assert _geometry(precision="highest").key() == _geometry(precision=lax.Precision.HIGHEST).key()
 
 
 def test_autotune_block_measures_at_trace_time_inside_jit_vmap_and_grad():
