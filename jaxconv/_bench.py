@@ -46,6 +46,7 @@ import jaxconv
 from jaxconv._registry import REGISTRY
 from jaxconv._shapes import Shape, select
 from jaxconv._timing import interleaved_medians
+from jaxconv._tune import rel_error
 
 __all__ = [
   "DEFAULT_ALGORITHMS",
@@ -141,19 +142,6 @@ def reference(shape: Shape, x: np.ndarray, k: np.ndarray) -> np.ndarray:
     out = out[:, 0]
   order = [lay_out.index("N"), *spatial(lay_out, "NC"), lay_out.index("C")]
   return out.transpose(np.argsort(order))
-
-
-def rel_error(y: Any, ref: np.ndarray) -> float:
-  """Normwise relative error ``||y - ref|| / ||ref||`` in float64.
-
-  Example:
-    >>> rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
-    0.0
-  """
-  y = np.asarray(y).astype(np.float64)
-  denom = float(np.linalg.norm(ref))
-  diff = float(np.linalg.norm(y - ref))
-  return diff / denom if denom else diff
 
 
 def _best_of(fn: Callable[[], Any], repeats: int) -> float:

@@ -140,7 +140,7 @@ def _exact_only(g: ConvGeometry) -> str | None:
   if (
     g.group_in_features == 1
     and g.feature_group_count > 1
-    and g.out_features == taps * (g.in_features)
+    and g.out_features == taps * g.in_features
   ):
     return "it has the shape of patch extraction (a one-hot kernel: a copy that must stay exact)"
   return None
@@ -195,7 +195,9 @@ def _auto(g: ConvGeometry, measure: bool, local: ConvGeometry) -> Plan:
   lax_s = LAX.predict(g, None)
   best: tuple[float, str, Variant] | None = None
   why_not = []
-  for a in able[1:] if able and able[0] is LAX else able:
+  for a in able:
+    if a is LAX:
+      continue
     predicted = [(s, v) for v in a.variants(g) if (s := a.predict(g, v)) is not None]
     if not predicted:
       why_not.append(a.why_not_predicted(g))

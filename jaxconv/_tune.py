@@ -10,7 +10,7 @@ device:
 3. interleaved rounds time each candidate in turn (a call repeated until `ROUND_S` has passed), for
    at least `MIN_ROUNDS` rounds, then while another round fits in the time budget (`budget()`,
    default 3 s per geometry, compiles included), up to `MAX_ROUNDS`; after the first round a
-   candidate more than `PRUNE` times slower than the fastest is not timed again;
+   candidate more than `PRUNE` times slower than the fastest (lax included) is not timed again;
 4. the medians, errors and costs go to the on-disk cache (`jaxconv._cache`).
 
 The decision (`decide`) reads a cached entry: the fastest admissible candidate, provided it beats
@@ -57,14 +57,18 @@ __all__ = [
   "decide",
   "lookup",
   "measure",
+  "rel_error",
   "set_autotune",
   "tune",
 ]
 
 MARGIN = 1.04  # a candidate must beat lax by 4% to replace it
+# Many short rounds: on a shared machine a burst of noise then hits one round of every candidate,
+# not all the rounds of one (measured: with few 20 ms rounds a candidate's median moved 2-3x
+# between runs of the same geometry).
 MIN_ROUNDS = 3
-MAX_ROUNDS = 15
-ROUND_S = 0.02  # seconds of calls per candidate and round
+MAX_ROUNDS = 60
+ROUND_S = 0.005  # seconds of calls per candidate and round: short rounds, many of them
 PRUNE = 2.0  # after the first round, candidates this much slower than the fastest stop
 _DEFAULT_BUDGET_S = 3.0
 
@@ -172,7 +176,13 @@ def _random(shape: Sequence[int], dtype: np.dtype, rng: np.random.Generator) -> 
   return x.astype(dtype)
 
 
-def _rel_error(y: Any, ref: np.ndarray) -> float:
+def rel_error(y: Any, ref: np.ndarray) -> float:
+  """Normwise relative error ``||y - ref|| / ||ref||`` in double precision.
+
+  Example:
+    >>> rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    0.0
+  """
   y = np.asarray(y, dtype=np.complex128 if np.iscomplexobj(ref) else np.float64)
   ref = np.asarray(ref, dtype=y.dtype)
   den = np.linalg.norm(ref.ravel())
@@ -236,7 +246,7 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
     compile_s = time.perf_counter() - start
     outputs = {label: jax.block_until_ready(f(*args)) for label, f in compiled.items()}
     ref = np.asarray(outputs["lax"])
-    errors = {label: _rel_error(y, ref) for label, y in outputs.items()}
+    errors = {label: rel_error(y, ref) for label, y in outputs.items()}
     del outputs
     samples: dict[str, list[float]] = {label: [] for label in compiled}
     alive = list(compiled)
@@ -251,7 +261,8 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
       rounds, last = rounds + 1, time.perf_counter() - round_start
       if rounds == 1:
         fastest = min(samples[label][0] for label in alive)
-        alive = [label for label in alive if label == "lax" or samples[label][0] <= PRUNE * fastest]
+        # lax too: once it is that much slower, its first time decides nothing more.
+        alive = [label for label in alive if samples[label][0] <= PRUNE * fastest]
     entry = {
       "times": {label: float(np.median(t)) for label, t in samples.items()},
       "errors": errors,

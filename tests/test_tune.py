@@ -62,12 +62,12 @@ def test_measure_times_every_candidate_interleaved_and_prunes(measured):
   assert set(entry["times"]) == set(FAKE)
   assert entry["times"] == FAKE  # medians of the fake rounds
   assert entry["rounds"] == _tune.MAX_ROUNDS  # fake rounds take no time: the round cap ends it
-  # Round one times all five in registry order; then those over PRUNE x the fastest stop (lax
-  # never does: it is the baseline).
+  # Round one times all five in registry order; then those over PRUNE x the fastest stop, lax
+  # included (its first time already decides).
   assert calls[:5] == ["lax", "im2col", "winograd2", "winograd4", "winograd6"]
-  assert calls[5:8] == ["lax", "winograd2", "winograd4"]
-  assert calls.count("winograd6") == calls.count("im2col") == 1
-  assert len(calls) == 5 + 3 * (_tune.MAX_ROUNDS - 1)
+  assert calls[5:7] == ["winograd2", "winograd4"]
+  assert calls.count("winograd6") == calls.count("im2col") == calls.count("lax") == 1
+  assert len(calls) == 5 + 2 * (_tune.MAX_ROUNDS - 1)
   # Errors are real: each candidate ran once against lax.
   assert entry["errors"]["lax"] == 0.0
   assert 0 < entry["errors"]["winograd4"] < 1e-5
