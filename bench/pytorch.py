@@ -9,9 +9,10 @@ for example
 Each layer of the shape table (2-D layers with symmetric padding) runs as
 `torch.nn.functional.conv2d` on channels-last tensors under `torch.inference_mode()`, with as many
 threads as the process may use, beside `lax.conv_general_dilated` and jaxconv's `auto` (which
-uses the tuning cache, see docs/tuning.md). Every function is warmed up, then timed in
-interleaved rounds (each call repeated for at least `--min-round-s`); the table gives medians and
-their ratios.
+uses the tuning cache, see docs/tuning.md). PyTorch's OpenMP threads are told to sleep when idle
+(``OMP_WAIT_POLICY=PASSIVE``) so they leave the cores to XLA. Every function is warmed up, then
+timed in interleaved rounds (each call repeated for at least `--min-round-s`); the table gives
+medians and their ratios.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import argparse
 import os
 import sys
 import time
+
+# PyTorch's OpenMP threads otherwise spin for a while after each call, taking the cores XLA's
+# threads need next (measured: jaxconv's seed layer 26 ms beside spinning threads, 3-5 ms alone).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax
 import numpy as np

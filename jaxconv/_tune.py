@@ -13,8 +13,9 @@ device:
    candidate more than `PRUNE` times slower than the fastest (lax included) is not timed again;
 4. the medians, errors and costs go to the on-disk cache (`jaxconv._cache`).
 
-The decision (`decide`) reads a cached entry: the fastest admissible candidate, provided it beats
-lax by `MARGIN`, so that noise does not flip choices; otherwise lax. Admissible: its error is within
+The decision (`decide`) reads a cached entry: the fastest admissible candidate (of those within
+`TIE` of it, the first in registry order, so the more accurate), provided it beats lax by
+`MARGIN`, so that noise does not flip choices; otherwise lax. Admissible: its error is within
 tolerance, and with `set_nonfinite("exact")` only exact algorithms count.
 
 Tuning is off by default, and `auto` then uses cached measurements where it has them and its
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 MARGIN = 1.04  # a candidate must beat lax by 4% to replace it
+TIE = 1.02  # candidates this close to the fastest count as equally fast
 # Many short rounds: on a shared machine a burst of noise then hits one round of every candidate,
 # not all the rounds of one (measured: with few 20 ms rounds a candidate's median moved 2-3x
 # between runs of the same geometry).
@@ -300,7 +302,10 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
   summary = ", ".join(f"{label} {t * 1e3:.3g} ms" for label, t in sorted(times.items()))
   note = f"; dropped for accuracy: {', '.join(dropped)}" if dropped else ""
   if ok:
-    best_t, best = min(ok)
+    # Among candidates within TIE of the fastest, the first in registry order: exact algorithms
+    # before Winograd, smaller (more accurate) tiles before larger ones.
+    fastest = min(t for t, _ in ok)
+    best_t, best = next((t, label) for t, label in ok if t <= TIE * fastest)
     if lax_t / best_t >= MARGIN:
       return best, f"measured {lax_t / best_t:.2f}x faster than lax ({summary}){note}"
     return "lax", (

@@ -88,6 +88,9 @@ def test_decide_takes_the_fastest_that_beats_lax_by_the_margin(measured):
   near = {"winograd2": 0.98, "winograd4": 0.97, "winograd6": 0.99}
   assert _decide(entry, near)[0] == "lax"
   assert _decide(entry, {**near, "winograd4": 1 / _tune.MARGIN - 1e-3})[0] == "winograd4"
+  # A tie goes to the more accurate candidate (registry order: smaller tiles first).
+  assert _decide(entry, {"winograd2": 0.404, "winograd6": 0.4})[0] == "winograd2"
+  assert _decide(entry, {"im2col": 0.401})[0] == "im2col"
 
 
 def test_decide_drops_candidates_beyond_their_tolerance(measured):
