@@ -72,7 +72,9 @@ def plan(
 ) -> Plan:
   """Says what `conv_general_dilated` would do with these arguments, computing nothing.
 
-  Arrays may be `jax.ShapeDtypeStruct`s: only shapes and dtypes are read.
+  Arrays may be `jax.ShapeDtypeStruct`s: only shapes and dtypes are read. The one exception is
+  autotuning (`jaxconv.set_autotune`, `jaxconv.autotune`): while it is on, `auto` measures an unseen
+  geometry here as `conv_general_dilated` would, so that what `plan` says is what runs.
 
   Returns:
     A `Plan`: the algorithm that will run, why, and the static facts (output shape and dtype,
