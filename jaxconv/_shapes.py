@@ -9,6 +9,9 @@ groups and dtype, plus tags to select subsets by:
   torchvision pads them).
 * ``vgg``: VGG-16's 13 conv layers at batch 1 (3x3, stride 1, SAME).
 * ``mobilenet``: MobileNet-v2's depthwise 3x3 layers at batch 8 (``feature_group_count = C``).
+* ``depthwise``: every depthwise layer: MobileNet-v2's 3x3 ones (``mobilenet``, one stride 2),
+  ConvNeXt's 7x7 ones (``convnext``) and EfficientNet-B0's 5x5 ones (``efficientnet``).
+* ``3d``: 3x3x3 layers of video and medical-volume networks (one depthwise), layout NDHWC.
 * ``5x5``: a 5x5 layer. ``1d``: 1-D layers, an audio front end and a sequence layer.
 * ``float32`` / ``bfloat16``: the dtype (every entry has one). bfloat16 variants repeat a few
   float32 layers under the same name plus ``-bf16``.
@@ -28,6 +31,7 @@ __all__ = ["SHAPES", "Shape", "by_name", "select"]
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 NWC = ("NWC", "WIO", "NWC")
+NDHWC = ("NDHWC", "DHWIO", "NDHWC")
 Padding = str | tuple[tuple[int, int], ...]
 
 
@@ -199,6 +203,68 @@ def _build() -> tuple[Shape, ...]:
         groups=c,
         tags=tags,
         note="MobileNet-v2 depthwise 3x3",
+      )
+    )
+  out.append(
+    _conv2d(
+      "mobilenetv2-dw112x96-s2",
+      8,
+      112,
+      96,
+      96,
+      s=2,
+      padding=((1, 1), (1, 1)),
+      groups=96,
+      tags=("mobilenet", "depthwise"),
+      note="MobileNet-v2 depthwise 3x3 stride 2",
+    )
+  )
+  for hw, c, quick in ((56, 96, True), (28, 192, False), (14, 384, False)):
+    tags = ("convnext", "depthwise", "quick") if quick else ("convnext", "depthwise")
+    out.append(
+      _conv2d(
+        f"convnext-dw{hw}x{c}",
+        8,
+        hw,
+        c,
+        c,
+        k=7,
+        groups=c,
+        tags=tags,
+        note="ConvNeXt-T depthwise 7x7",
+      )
+    )
+  for hw, c in ((28, 240), (14, 672)):
+    out.append(
+      _conv2d(
+        f"efficientnet-dw{hw}x{c}",
+        8,
+        hw,
+        c,
+        c,
+        k=5,
+        groups=c,
+        tags=("efficientnet", "depthwise"),
+        note="EfficientNet-B0 depthwise 5x5",
+      )
+    )
+  for name, n, dhw, c, groups, quick, note in (
+    ("conv3d-16x32x32x32", 2, (16, 32, 32), 32, 1, True, "a 3x3x3 video/volume layer"),
+    ("conv3d-c3d-8x56x56x64", 2, (8, 56, 56), 64, 1, False, "C3D's second 3x3x3 layer"),
+    ("conv3d-unet-32x64x64x16", 1, (32, 64, 64), 16, 1, False, "3-D U-Net's first level"),
+    ("conv3d-dw-16x28x28x96", 2, (16, 28, 28), 96, 96, False, "X3D-style 3x3x3 depthwise"),
+  ):
+    out.append(
+      Shape(
+        name,
+        lhs=(n, *dhw, c),
+        rhs=(3, 3, 3, c // groups, c),
+        strides=(1, 1, 1),
+        padding="SAME",
+        groups=groups,
+        layout=NDHWC,
+        tags=("3d", "quick") if quick else ("3d",),
+        note=note,
       )
     )
   out.append(_conv2d("conv5x5-32x64", 8, 32, 64, 64, k=5, tags=("5x5",), note="a 5x5 layer"))

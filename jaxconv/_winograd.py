@@ -76,8 +76,8 @@ BLOCKED_SUM_TILES = (2, 6)
 
 def winograd_support(g: ConvGeometry) -> str | None:
   """Why the Winograd algorithm cannot compute `g`, or None when it can."""
-  if g.ndim not in (1, 2):
-    return f"it is implemented for 1-D and 2-D convolutions, not {g.ndim}-D"
+  if g.ndim not in (1, 2, 3):
+    return f"it is implemented for 1-D, 2-D and 3-D convolutions, not {g.ndim}-D"
   if not jnp.issubdtype(g.dtype, jnp.inexact):
     return f"its transforms are fractional, so {g.dtype} inputs would not be exact"
   if g.preferred_element_type is not None and not (

@@ -36,7 +36,9 @@ def test_table_is_well_formed():
 def test_table_covers_the_networks():
   tags = Counter(t for s in SHAPES for t in s.tags)
   assert tags["vgg"] == 13
-  assert tags["mobilenet"] == 3 and all(s.groups == s.lhs[-1] for s in select(["mobilenet"]))
+  assert tags["mobilenet"] == 4 and tags["convnext"] == 3 and tags["efficientnet"] == 2
+  assert all(s.groups == s.lhs[-1] for s in select(["depthwise"]))
+  assert tags["3d"] == 4 and all(s.layout[0] == "NDHWC" for s in select(["3d"]))
   assert {s.name for s in select(["resnet"], dtype="float32")} >= {
     "resnet50-56x64",
     "resnet50-7x512",

@@ -127,9 +127,14 @@ def test_im2col_matches_lax(call):
   _check("im2col", *call)
 
 
-@given(conv_calls(float_only=True, ranks=(1, 2)))
+@given(conv_calls(float_only=True, ranks=(1, 2, 3)))
 def test_winograd_matches_lax(call):
   _check("winograd4", *call)
+
+
+@given(conv_calls())
+def test_direct_matches_lax(call):
+  _check("direct", *call)
 
 
 @given(conv_calls())

@@ -151,10 +151,33 @@ def test_preferred_element_type(preferred):
   )
 
 
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+@pytest.mark.parametrize(
+  "strides,padding,rhs_dil,groups",
+  [
+    ((1, 1, 1), "SAME", (1, 1, 1), 1),
+    ((2, 1, 2), ((1, 0), (2, 1), (0, 1)), (1, 1, 1), 2),
+    ((1, 1, 1), "VALID", (1, 2, 1), 1),
+  ],
+  ids=["same", "strided-grouped", "dilated"],
+)
+def test_3d(algorithm, strides, padding, rhs_dil, groups):
+  _run(
+    algorithm,
+    (2, 7, 9, 8, 4),
+    (3, 3, 3, 4 // groups, 6),
+    window_strides=strides,
+    padding=padding,
+    rhs_dilation=rhs_dil,
+    feature_group_count=groups,
+    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+  )
+
+
 @pytest.mark.parametrize(
   "lhs_shape,rhs_shape,kwargs,why",
   [
-    ((1, 2, 5, 5, 5), (2, 2, 3, 3, 3), {}, "3-D"),
+    ((1, 2, 4, 4, 4, 4), (2, 2, 3, 3, 3, 3), {}, "4-D"),
     ((1, 2, 6, 6), (2, 2, 3, 3), {"rhs_dilation": (2, 1), "window_strides": (2, 1)}, "stride"),
     ((1, 2, 12, 12), (2, 2, 9, 9), {}, "kernel size"),
     ((1, 2, 6, 6), (2, 2, 3, 3), {"dtype": np.int32}, "int32"),
