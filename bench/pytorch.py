@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 import jaxconv
+from jaxconv import _bench
 from jaxconv._shapes import select
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -82,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     f"{jaxconv.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
     f"{'training step (forward and both gradients)' if args.train else 'forward'}"
   )
+  gemm, (bandwidth, _) = _bench.measure_gemm(), _bench.measure_bandwidth()
+  print(
+    f"machine: float32 GEMM {gemm / 1e9:.0f} GFLOP/s, memory {bandwidth / 1e9:.1f} GB/s in place; "
+    "auto's rates count the direct convolution's FLOPs and input + output bytes"
+  )
   header = ["shape", "torch ms", "lax ms", "auto ms", "auto x lax", "auto x torch", "auto picks"]
+  header += ["auto GFLOP/s", "auto GB/s"]
   print("  ".join(f"{h:>12}" for h in header))
   for shape in select(args.shapes.split(","), dtype="float32"):
     pad = _torch_padding(shape)
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
       f"{t['lax'] / t['auto']:.2f}x",
       f"{t['torch'] / t['auto']:.2f}x",
       plan.label,
+      f"{plan.flops * (3 if args.train else 1) / t['auto'] / 1e9:.1f}",
+      f"{(x.nbytes + ct_np.nbytes) / t['auto'] / 1e9:.1f}",
     ]
     print("  ".join(f"{c:>12}" for c in row))
     sys.stdout.flush()
