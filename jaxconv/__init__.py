@@ -6,6 +6,7 @@ from jaxconv import flax as flax  # Flax itself is imported only when its helper
 from jaxconv._api import ConvGeneralDilated as ConvGeneralDilated
 from jaxconv._api import cache_info as cache_info
 from jaxconv._api import conv_general_dilated as conv_general_dilated
+from jaxconv._api import conv_transpose as conv_transpose
 from jaxconv._api import plan as plan
 from jaxconv._geometry import ConvGeometry as ConvGeometry
 from jaxconv._im2col import patch_budget as patch_budget
@@ -37,6 +38,7 @@ __all__ = [
   "autotune",
   "cache_info",
   "conv_general_dilated",
+  "conv_transpose",
   "default_points",
   "flax",
   "patch_budget",

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
 from jaxconv import _geometry, _transforms, _tune
@@ -18,9 +21,9 @@ from jaxconv._geometry import ConvGeometry, normalize, renormalize
 from jaxconv._im2col import im2col_indices
 from jaxconv._lax import LAX
 from jaxconv._registry import by_name
-from jaxconv._select import Plan, check_algorithm, choose
+from jaxconv._select import Plan, check_algorithm, choose, measurable
 
-__all__ = ["ConvGeneralDilated", "cache_info", "conv_general_dilated", "plan"]
+__all__ = ["ConvGeneralDilated", "cache_info", "conv_general_dilated", "conv_transpose", "plan"]
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
@@ -143,8 +146,8 @@ def conv_general_dilated(
     precision: as in lax: None, a `lax.Precision`, a string, or a pair.
     preferred_element_type: accumulation and result dtype, or None.
     out_sharding: output sharding (a `NamedSharding` or `PartitionSpec`), or None.
-    algorithm: "auto" (see `plan`), "lax", "im2col", "winograd" (tile size chosen), or
-      "winograd2", "winograd4", "winograd6" (output tile size m forced).
+    algorithm: "auto" (see `plan`), "lax", "im2col", "direct", "subpixel", "winograd" (tile
+      size chosen), or "winograd2", "winograd4", "winograd6" (output tile size m forced).
 
   Returns:
     The convolution, as `jax.lax.conv_general_dilated` returns it.
@@ -182,14 +185,126 @@ def conv_general_dilated(
     preferred_element_type,
   )
   p = choose(g, algorithm, local=_per_device(lhs, rhs, g) if algorithm == "auto" else None)
-  if p.algorithm == "lax":
+  plain = algorithm != "auto" or out_sharding is not None or not measurable(g)
+  if p.algorithm == "lax" and plain:
     return _run_lax(lhs, rhs, p.geometry, None, out_sharding=out_sharding)
+  # `auto` on lax still binds jaxconv's primitive, so that the gradients are chosen afresh: a
+  # strided layer's input gradient, say, runs by sub-pixel decomposition, not on lax's zeros.
   # One primitive with jaxconv's own jvp, transpose and batching rules, which runs `_run`.
   out = _conv_with_rules(lhs, rhs, p.geometry, p.algorithm, p.tile, out_sharding)
   # lax's transpose rules pass their operand's sharding, which outside any mesh has an empty one.
   if out_sharding is not None and not getattr(getattr(out_sharding, "mesh", None), "empty", False):
     out = jax.sharding.reshard(out, out_sharding)
   return out
+
+
+class _RankMismatch(ValueError, AssertionError):
+  """Operands of different ranks (lax: an AssertionError from `conv_transpose`)."""
+
+
+def _transpose_padding(k: int, s: int, padding: Any) -> tuple[int, int]:
+  """lax's padding of one axis of a transposed convolution (Keras' Conv2DTranspose convention)."""
+  if padding == "SAME":
+    total = k + s - 2
+    before = k - 1 if s > k - 1 else -(-total // 2)
+  elif padding == "VALID":
+    total = k + s - 2 + max(k - s, 0)
+    before = k - 1
+  else:  # the forward convolution's explicit (low, high) padding
+    before, total = k - padding[0] - 1, 2 * k - 2 - padding[0] - padding[1]
+  return before, total - before
+
+
+def conv_transpose(
+  lhs: ArrayLike,
+  rhs: ArrayLike,
+  strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  transpose_kernel: bool = False,
+  precision: Any = None,
+  preferred_element_type: DTypeLike | None = None,
+  use_consistent_padding: bool = False,
+  *,
+  algorithm: str = "auto",
+) -> jax.Array:
+  """Transposed convolution: a drop-in for `jax.lax.conv_transpose`.
+
+  The same arguments, defaults and result as lax: an input dilated by `strides`, padded as lax
+  pads it, convolved with the kernel (flipped, with input and output features swapped, when
+  `transpose_kernel`). It runs through `conv_general_dilated`, so `auto` computes it by sub-pixel
+  decomposition: ``prod(strides)`` stride-1 convolutions of the undilated input with the kernel's
+  phases, each on the algorithm the registry picks, interleaved (no products with the inserted
+  zeros).
+
+  Args:
+    lhs: input, rank n + 2.
+    rhs: kernel, rank n + 2.
+    strides: n positive integers: the fractional stride (the input dilation).
+    padding: 'SAME', 'VALID', or n (low, high) integer pairs, as in `jax.lax.conv_transpose`.
+    rhs_dilation: n positive integers (atrous), or None.
+    dimension_numbers: None (lax's defaults for the rank), or layouts as in lax.
+    transpose_kernel: flip the kernel's spatial axes and swap its feature axes (TensorFlow's
+      convention), as in lax.
+    precision: as in lax.
+    preferred_element_type: accumulation and result dtype, or None.
+    use_consistent_padding: as in lax: explicit pairs are the forward convolution's padding.
+    algorithm: as in `conv_general_dilated`.
+
+  Returns:
+    The transposed convolution, as `jax.lax.conv_transpose` returns it.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxconv
+    >>> x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+    >>> k = jax.random.normal(jax.random.key(1), (3, 3, 16, 8))
+    >>> dn = ("NHWC", "HWIO", "NHWC")
+    >>> y = jaxconv.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=dn)
+    >>> ref = jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=dn,
+    ...                              precision="highest")
+    >>> y.shape, bool(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref) < 1e-5)
+    ((2, 16, 16, 8), True)
+  """
+  lhs_shape, rhs_shape = np.shape(lhs), np.shape(rhs)
+  if len(lhs_shape) != len(rhs_shape) or len(lhs_shape) < 2:
+    raise _RankMismatch(
+      f"conv_transpose: `lhs` and `rhs` must have the same rank >= 2, got shapes "
+      f"{lhs_shape} and {rhs_shape}."
+    )
+  nd = len(lhs_shape) - 2
+  if dimension_numbers is None:
+    defaults = {0: ("NC", "IO", "NC"), 1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC")}
+    defaults[3] = ("NHWDC", "HWDIO", "NHWDC")  # lax's own spelling
+    if nd not in defaults:
+      raise ValueError("No 4+ dimensional dimension_number defaults.")
+    dimension_numbers = defaults[nd]
+  dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  kernel = [rhs_shape[d] for d in dn.rhs_spec[2:]]
+  rhs_dilation = (1,) * nd if rhs_dilation is None else tuple(rhs_dilation)
+  if use_consistent_padding or padding in ("SAME", "VALID"):
+    per_axis = [padding] * len(strides) if isinstance(padding, str) else list(padding)
+    pads = [
+      _transpose_padding((k - 1) * d + 1 if k else 0, s, p)
+      for k, d, s, p in zip(kernel, rhs_dilation, strides, per_axis)
+    ]
+  else:
+    pads = padding
+  if transpose_kernel:
+    rhs = jnp.flip(rhs, dn.rhs_spec[2:])
+    rhs = jnp.swapaxes(rhs, dn.rhs_spec[0], dn.rhs_spec[1])
+  return conv_general_dilated(
+    lhs,
+    rhs,
+    (1,) * nd,
+    pads,
+    strides,
+    rhs_dilation,
+    dn,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    algorithm=algorithm,
+  )
 
 
 def _per_device(lhs: Any, rhs: Any, g: ConvGeometry) -> ConvGeometry | None:

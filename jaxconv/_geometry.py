@@ -489,7 +489,7 @@ def _normalize(
       raise ValueError(
         f"conv_general_dilated: string `padding` ({padding!r}) is not implemented for "
         f"transposed convolution (`lhs_dilation`={lhs_dil}); give explicit (low, high) pairs "
-        "or use jax.lax.conv_transpose."
+        "or use jaxconv.conv_transpose."
       )
     if padding.upper() not in ("SAME", "SAME_LOWER", "VALID"):
       raise PaddingError(

@@ -236,13 +236,16 @@ def _lower_cuda(f, *args):
 
 
 @pytest.mark.parametrize("algorithm", [a for a in jaxconv.ALGORITHMS if a != "auto"])
-@pytest.mark.parametrize("case", ["3x3", "strided-grouped", "dilated-1d"])
+@pytest.mark.parametrize("case", ["3x3", "strided-grouped", "dilated-1d", "transposed-depthwise"])
 def test_every_algorithm_and_gradient_lowers_for_cuda(algorithm, case):
   if case == "3x3":
     x, w, kw = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8)), dict(KW)
   elif case == "strided-grouped":
     x, w = jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 2, 8))
     kw = dict(KW, window_strides=(2, 2), feature_group_count=2)
+  elif case == "transposed-depthwise":
+    x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 1, 4))
+    kw = dict(KW, padding=((1, 1), (1, 1)), lhs_dilation=(2, 2), feature_group_count=4)
   else:
     x, w = jnp.ones((2, 12, 4)), jnp.ones((3, 4, 4))
     kw = dict(

@@ -1,0 +1,141 @@
+"""Transposed convolution: `jaxconv.conv_transpose` beside `lax.conv_transpose` and PyTorch.
+
+Decoder-style layers (stride 2, SAME, 3x3 and 4x4 kernels, channels-last), timed interleaved in
+one process: the forward, or with ``--train`` the forward and both gradients. PyTorch
+(`torch.nn.functional.conv_transpose2d`, channels-last, padding chosen to give the same output
+size) runs beside them when it is installed; it is never a dependency of jaxconv:
+
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch -e .
+    /tmp/torchvenv/bin/python bench/conv_transpose.py [--train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle PyTorch threads leave XLA the cores
+
+import jax
+import numpy as np
+
+import jaxconv
+
+HIGHEST = jax.lax.Precision.HIGHEST
+DN = ("NHWC", "HWIO", "NHWC")
+# (name, batch, input size, input features, output features, kernel)
+LAYERS = [
+  ("decoder-28x128-k3", 8, 28, 128, 64, 3),
+  ("decoder-28x128-k4", 8, 28, 128, 64, 4),
+  ("decoder-56x64-k4", 8, 56, 64, 32, 4),
+  ("decoder-14x256-k3", 8, 14, 256, 128, 3),
+]
+
+
+def _timed(call, min_round_s: float) -> float:
+  n, start = 0, time.perf_counter()
+  while time.perf_counter() - start < min_round_s:
+    call()
+    n += 1
+  return (time.perf_counter() - start) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--min-round-s", type=float, default=0.05)
+  parser.add_argument("--train", action="store_true", help="forward and both gradients")
+  args = parser.parse_args(argv)
+  try:
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+  except ImportError:
+    torch = None
+  print(
+    f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
+    f"torch {torch.__version__ if torch else 'not installed'}, "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, {'training step' if args.train else 'forward'}"
+  )
+  header = ["layer", "torch ms", "lax ms", "jaxconv ms", "x lax", "x torch", "phases run"]
+  print("  ".join(f"{h:>12}" for h in header))
+  rng = np.random.default_rng(0)
+  for layer in LAYERS:
+    row = _row(layer, args, torch, rng)
+    print("  ".join(f"{v:>12}" for v in row))
+    sys.stdout.flush()
+  return 0
+
+
+def _row(layer, args, torch, rng) -> list[str]:
+  """One layer's timings, as table cells."""
+  name, n, hw, c, o, k = layer
+  x = rng.standard_normal((n, hw, hw, c)).astype(np.float32)
+  w = (rng.standard_normal((k, k, c, o)) / np.sqrt(k * k * c)).astype(np.float32)
+  y_shape = (n, 2 * hw, 2 * hw, o)
+  ct = rng.standard_normal(y_shape).astype(np.float32)
+  kw = dict(strides=(2, 2), padding="SAME", dimension_numbers=DN, precision=HIGHEST)
+
+  def step(fn):
+    if not args.train:
+      return jax.jit(lambda a, b, g: fn(a, b))
+    return jax.jit(lambda a, b, g: jax.vjp(fn, a, b)[1](g))
+
+  fns = {
+    "lax": step(lambda a, b: jax.lax.conv_transpose(a, b, **kw)),
+    "jaxconv": step(lambda a, b: jaxconv.conv_transpose(a, b, **kw)),
+  }
+  xj, wj, cj = (jax.device_put(v) for v in (x, w, ct))
+  ref = jax.lax.conv_transpose(xj, wj, **kw)
+  got = jaxconv.conv_transpose(xj, wj, **kw)
+  assert ref.shape == y_shape and np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+  calls = {f: (lambda fn=fn: jax.block_until_ready(fn(xj, wj, cj))) for f, fn in fns.items()}
+  if torch is not None:
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    wt = torch.from_numpy(np.ascontiguousarray(w.transpose(2, 3, 0, 1)))  # (C, O, k, k)
+    wt = wt.contiguous(memory_format=torch.channels_last)
+    ctt = torch.from_numpy(ct).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    extra = 1 if k % 2 else 0  # output_padding that makes the output 2 * hw, as SAME does
+
+    def run_torch(xt=xt, wt=wt, ctt=ctt, extra=extra):
+      conv = torch.nn.functional.conv_transpose2d
+      if not args.train:
+        with torch.inference_mode():
+          return conv(xt, wt, stride=2, padding=1, output_padding=extra)
+      a, b = xt.detach().requires_grad_(), wt.detach().requires_grad_()
+      out = conv(a, b, stride=2, padding=1, output_padding=extra)
+      out.backward(ctt)
+      return out
+
+    assert tuple(run_torch().permute(0, 2, 3, 1).shape) == y_shape
+    calls["torch"] = run_torch
+  for call in calls.values():
+    call()
+  times = {f: [] for f in calls}
+  for _ in range(args.rounds):
+    for f, call in calls.items():
+      times[f].append(_timed(call, args.min_round_s))
+  t = {f: float(np.median(v)) for f, v in times.items()}
+  torch_ms = f"{t['torch'] * 1e3:.2f}" if "torch" in t else "-"
+  vs_torch = f"{t['torch'] / t['jaxconv']:.2f}x" if "torch" in t else "-"
+  row = [name, torch_ms, f"{t['lax'] * 1e3:.2f}", f"{t['jaxconv'] * 1e3:.2f}"]
+  row += [f"{t['lax'] / t['jaxconv']:.2f}x", vs_torch, _phases(xj, wj, kw)]
+  return row
+
+
+def _phases(x, w, kw) -> str:
+  """What auto runs for the transposed convolution and, for sub-pixel, for its first phase."""
+  seen = []
+  collect = jaxconv._select._tune.collect
+  try:
+    jaxconv._select._tune.collect = lambda g, a, p: (seen.append(p), collect(g, a, p))[1]
+    jax.jit(lambda a, b: jaxconv.conv_transpose(a, b, **kw)).lower(x, w)
+  finally:
+    jaxconv._select._tune.collect = collect
+  return "+".join(dict.fromkeys(p.label for p in seen))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,197 @@
+"""Sub-pixel decomposition: an input-dilated convolution as stride-1 convolutions of its phases.
+
+An input dilated by ``a`` (a stride-``a`` layer's input gradient, `lax.conv_transpose`, Flax's
+``ConvTranspose``) is ``a - 1`` zeros out of every ``a`` values per axis, and lax multiplies them
+all. Per axis, with padding ``lo``, stride 1 and an undilated kernel ``w`` of length ``K``,
+output ``o = p + a q`` of phase ``p`` reads the dilated input at ``p + a q + k - lo``, a real input
+only for the taps ``k = k0 + a m`` with ``k0 = (lo - p) mod a``, at ``x[q + c + m]`` with
+``c = (p + k0 - lo) / a``. So every phase is an ordinary stride-1 correlation of the undilated
+input with the kernel's phase ``w[k0::a]``, padded by ``-c`` in front:
+
+    y[p::a] = conv(x, w[k0::a], padding=(-c, ...)).
+
+The ``a^d`` phase convolutions (products over the dilated axes) run on whatever the registry picks
+for them (``algorithm="auto"``: Winograd, direct, lax, ...), then interleave. Together they do
+``1 / a^d`` of lax's products, and none of them with an inserted zero.
+
+Reference: W. Shi et al., "Real-time single image and video super-resolution using an efficient
+sub-pixel convolutional neural network" (CVPR 2016), on transposed convolution as sub-pixel
+convolution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxconv._algorithm import Algorithm, Variant
+from jaxconv._geometry import ConvGeometry, normalize
+
+__all__ = ["SUBPIXEL"]
+
+
+def _axis_phases(g: ConvGeometry, axis: int) -> list[tuple[int, slice, tuple[int, int], int]]:
+  """One axis's phases: (output phase p, kernel slice, padding, output count)."""
+  a, k, (lo, hi), o, n = (
+    g.lhs_dilation[axis],
+    g.kernel[axis],
+    g.padding[axis],
+    g.out_spatial[axis],
+    g.in_spatial[axis],
+  )
+  if a == 1:
+    return [(0, slice(None), (lo, hi), o)]
+  phases = []
+  for p in range(min(a, o)):
+    k0 = (lo - p) % a
+    c = (p + k0 - lo) // a
+    count, taps = len(range(p, o, a)), len(range(k0, k, a))
+    phases.append((p, slice(k0, k, a), (-c, count + taps - 1 - n + c), count))
+  return phases
+
+
+def _phases(g: ConvGeometry):
+  """Every phase: (per-axis kernel slices, padding, output counts), with its ConvGeometry."""
+  per_axis = [_axis_phases(g, d) for d in range(g.ndim)]
+  rhs_spec = g.dimension_numbers.rhs_spec
+  for combo in itertools.product(*per_axis):
+    _, slices, padding, _ = zip(*combo)
+    kernel = [len(range(k)[sl]) for k, sl in zip(g.kernel, slices)]
+    if 0 in kernel:
+      yield combo, None
+      continue
+    rhs = list(g.rhs_shape)
+    for d, size in enumerate(kernel):
+      rhs[rhs_spec[2 + d]] = size
+    sub = normalize(
+      jax.ShapeDtypeStruct(g.lhs_shape, g.dtype),
+      jax.ShapeDtypeStruct(tuple(rhs), g.dtype),
+      _strides(g),
+      padding,
+      None,
+      g.rhs_dilation,
+      g.dimension_numbers,
+      g.feature_group_count,
+      g.batch_group_count,
+      g.precision,
+      g.preferred_element_type,
+    )
+    yield combo, sub
+
+
+def _strides(g: ConvGeometry) -> tuple[int, ...]:
+  return tuple(1 if a > 1 else s for a, s in zip(g.lhs_dilation, g.strides))
+
+
+def _candidates():
+  from jaxconv._registry import REGISTRY  # the registry lists this module too
+
+  return [a for a in REGISTRY if a is not SUBPIXEL]
+
+
+class Subpixel(Algorithm):
+  """An input-dilated convolution as the interleaved stride-1 convolutions of its phases."""
+
+  name = "subpixel"
+  exact = False  # the phases may run Winograd
+
+  def cannot(self, g: ConvGeometry) -> str | None:
+    if max(g.lhs_dilation, default=1) == 1:
+      return "it decomposes an input dilation (lhs_dilation), and this convolution has none"
+    for axis, (a, s, d) in enumerate(zip(g.lhs_dilation, g.strides, g.rhs_dilation)):
+      if a > 1 and (s > 1 or d > 1):
+        return (
+          f"spatial axis {axis} has an input dilation ({a}) with a stride ({s}) or kernel "
+          f"dilation ({d}) greater than 1"
+        )
+    return None
+
+  def predict(self, g: ConvGeometry, variant: Variant) -> float | None:
+    """The phases' best predicted times, added up (lax's where nothing else is predicted)."""
+    del variant
+    total = 0.0
+    for _, sub in _phases(g):
+      if sub is None:
+        continue
+      times = [
+        t
+        for a in _candidates()
+        if a.cannot(sub) is None
+        for v in a.variants(sub)
+        if (t := a.predict(sub, v)) is not None
+      ]
+      total += min(times)
+    return total
+
+  def explain(self, g: ConvGeometry, variant: Variant) -> str:
+    del variant
+    n = math.prod(g.lhs_dilation)
+    return f"{n} stride-1 phase convolutions of the undilated input, no products with zeros"
+
+  def tolerance(self, g: ConvGeometry, variant: Variant) -> float:
+    del variant
+    worst = 0.0
+    for _, sub in _phases(g):
+      if sub is not None:
+        worst = max(
+          worst,
+          *(a.tolerance(sub, v) for a in _candidates() if a.cannot(sub) is None
+            for v in a.variants(sub)),
+        )  # fmt: skip
+    return worst
+
+  def run(self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant: Variant) -> jax.Array:
+    del variant
+    from jaxconv._api import conv_general_dilated  # the entry point, which reads the registry
+
+    _, rhs_spec, out_spec = g.dimension_numbers
+    parts = {}
+    for combo, sub in _phases(g):
+      phase = tuple(p for p, *_ in combo)
+      counts = [c for *_, c in combo]
+      if sub is None:  # a phase no tap reaches: zeros
+        shape = list(g.out_shape)
+        for d, c in enumerate(counts):
+          shape[out_spec[2 + d]] = c
+        parts[phase] = jnp.zeros(shape, g.out_dtype)
+        continue
+      index = [slice(None)] * rhs.ndim
+      for d, (_, sl, _, _) in enumerate(combo):
+        index[rhs_spec[2 + d]] = sl
+      parts[phase] = conv_general_dilated(
+        lhs,
+        rhs[tuple(index)],
+        sub.strides,
+        sub.padding,
+        None,
+        sub.rhs_dilation,
+        g.dimension_numbers,
+        g.feature_group_count,
+        g.batch_group_count,
+        g.precision,
+        g.preferred_element_type,
+      )
+    # Interleave axis by axis: pad each phase to ceil(out / a), stack after the axis, merge.
+    for d in reversed(range(g.ndim)):
+      a, o, axis = g.lhs_dilation[d], g.out_spatial[d], out_spec[2 + d]
+      if a == 1:
+        continue
+      size, merged = -(-o // a), {}
+      for phase, part in sorted(parts.items()):
+        pad = [(0, 0)] * part.ndim
+        pad[axis] = (0, size - part.shape[axis])
+        merged.setdefault(phase[:d] + phase[d + 1 :], []).append(jnp.pad(part, pad))
+      parts = {}
+      for key, group in merged.items():
+        y = jnp.stack(group, axis=axis + 1)
+        shape = (*y.shape[:axis], size * len(group), *y.shape[axis + 2 :])
+        parts[key] = lax.slice_in_dim(y.reshape(shape), 0, o, axis=axis)
+    (y,) = parts.values()
+    return y
+
+
+SUBPIXEL = Subpixel()
