@@ -3,7 +3,8 @@
 JAX can differentiate im2col and Winograd as written, but reverse mode would then run the
 transposes of their data movement: im2col's patch gather becomes a scatter-add, and each of
 Winograd's n^2 strided tile views becomes a full-size padded array, summed one by one. Instead every
-non-lax convolution is one primitive, ``jaxconv_conv``, with the rules lax's own convolution has:
+convolution jaxconv runs (all but a forced lax and trivial ones) is one primitive,
+``jaxconv_conv``, with the rules lax's own convolution has:
 
 * it is **bilinear**, so its tangent is ``conv(dx, w) + conv(x, dw)`` with the same geometry and
   algorithm (`ad.defbilinear`): forward mode (`jvp`, `jacfwd`) stays a jaxconv convolution;
