@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle PyTorch threads leave XLA the cores
 
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 
 import jaxconv
+from jaxconv._timing import interleaved_calls
 
 HIGHEST = jax.lax.Precision.HIGHEST
 DN = ("NHWC", "HWIO", "NHWC")
@@ -32,14 +32,6 @@ LAYERS = [
   ("decoder-56x64-k4", 8, 56, 64, 32, 4),
   ("decoder-14x256-k3", 8, 14, 256, 128, 3),
 ]
-
-
-def _timed(call, min_round_s: float) -> float:
-  n, start = 0, time.perf_counter()
-  while time.perf_counter() - start < min_round_s:
-    call()
-    n += 1
-  return (time.perf_counter() - start) / n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,11 +106,7 @@ def _row(layer, args, torch, rng) -> list[str]:
     calls["torch"] = run_torch
   for call in calls.values():
     call()
-  times = {f: [] for f in calls}
-  for _ in range(args.rounds):
-    for f, call in calls.items():
-      times[f].append(_timed(call, args.min_round_s))
-  t = {f: float(np.median(v)) for f, v in times.items()}
+  t = interleaved_calls(calls, rounds=args.rounds, min_round_s=args.min_round_s)
   torch_ms = f"{t['torch'] * 1e3:.2f}" if "torch" in t else "-"
   vs_torch = f"{t['torch'] / t['jaxconv']:.2f}x" if "torch" in t else "-"
   row = [name, torch_ms, f"{t['lax'] * 1e3:.2f}", f"{t['jaxconv'] * 1e3:.2f}"]

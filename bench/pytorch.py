@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 # PyTorch's OpenMP threads otherwise spin for a while after each call, taking the cores XLA's
 # threads need next (measured: jaxconv's seed layer 26 ms beside spinning threads, 3-5 ms alone).
@@ -33,6 +32,7 @@ import numpy as np
 import jaxconv
 from jaxconv import _bench
 from jaxconv._shapes import select
+from jaxconv._timing import interleaved_calls
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -54,14 +54,6 @@ def _channels_first(a: np.ndarray, torch):
   t = torch.from_numpy(np.ascontiguousarray(a)).movedim(-1, 1)
   formats = {4: torch.channels_last, 5: torch.channels_last_3d}
   return t.contiguous(memory_format=formats[t.ndim]) if t.ndim in formats else t.contiguous()
-
-
-def _timed(call, min_round_s: float) -> float:
-  n, start = 0, time.perf_counter()
-  while time.perf_counter() - start < min_round_s:
-    call()
-    n += 1
-  return (time.perf_counter() - start) / n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for c in calls.values():
       c()
-    times = {name: [] for name in calls}
-    for _ in range(args.rounds):
-      for name, c in calls.items():
-        times[name].append(_timed(c, args.min_round_s))
-    t = {name: float(np.median(v)) for name, v in times.items()}
+    t = interleaved_calls(calls, rounds=args.rounds, min_round_s=args.min_round_s)
     row = [
       shape.name,
       f"{t['torch'] * 1e3:.2f}",

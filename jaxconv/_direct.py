@@ -44,6 +44,7 @@ from jax import lax
 
 from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry
+from jaxconv._subpixel import interleave
 
 __all__ = ["DIRECT", "direct"]
 
@@ -171,24 +172,7 @@ def _taps(
         acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
     shape = (x.shape[0], *counts, x.shape[-1], mult)
     parts[phase] = jnp.zeros(shape, x.dtype) if acc is None else jnp.stack(acc, axis=-1)
-  # Interleave the phases axis by axis: pad each to ceil(out / a), stack after the axis, merge.
-  for axis in reversed(range(nd)):
-    a, o = dilation[axis], out[axis]
-    if a == 1:
-      continue
-    size, merged = -(-o // a), {}
-    for phase, part in parts.items():
-      pad = [(0, 0)] * part.ndim
-      pad[1 + axis] = (0, size - part.shape[1 + axis])
-      merged.setdefault(phase[:axis] + phase[axis + 1 :], []).append(jnp.pad(part, pad))
-    parts = {}
-    for key, group in merged.items():
-      y = jnp.stack(group, axis=2 + axis)  # (..., size, a, ...)
-      shape = (*y.shape[: 1 + axis], size * len(group), *y.shape[3 + axis :])
-      y = lax.slice_in_dim(y.reshape(shape), 0, o, axis=1 + axis)
-      parts[key] = y
-  (y,) = parts.values()
-  return y
+  return interleave(parts, dilation, out, tuple(range(1, nd + 1)))
 
 
 def _positions(x: jax.Array, w: jax.Array, g: ConvGeometry) -> jax.Array:

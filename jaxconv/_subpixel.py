@@ -31,7 +31,7 @@ from jax import lax
 from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry, normalize
 
-__all__ = ["SUBPIXEL"]
+__all__ = ["SUBPIXEL", "interleave"]
 
 
 def _axis_phases(g: ConvGeometry, axis: int) -> list[tuple[int, slice, tuple[int, int], int]]:
@@ -175,23 +175,31 @@ class Subpixel(Algorithm):
         g.precision,
         g.preferred_element_type,
       )
-    # Interleave axis by axis: pad each phase to ceil(out / a), stack after the axis, merge.
-    for d in reversed(range(g.ndim)):
-      a, o, axis = g.lhs_dilation[d], g.out_spatial[d], out_spec[2 + d]
-      if a == 1:
-        continue
-      size, merged = -(-o // a), {}
-      for phase, part in sorted(parts.items()):
-        pad = [(0, 0)] * part.ndim
-        pad[axis] = (0, size - part.shape[axis])
-        merged.setdefault(phase[:d] + phase[d + 1 :], []).append(jnp.pad(part, pad))
-      parts = {}
-      for key, group in merged.items():
-        y = jnp.stack(group, axis=axis + 1)
-        shape = (*y.shape[:axis], size * len(group), *y.shape[axis + 2 :])
-        parts[key] = lax.slice_in_dim(y.reshape(shape), 0, o, axis=axis)
-    (y,) = parts.values()
-    return y
+    return interleave(parts, g.lhs_dilation, g.out_spatial, out_spec[2:])
+
+
+def interleave(parts: dict, factors, sizes, axes) -> jax.Array:
+  """The array whose outputs ``phase[d] :: factors[d]`` along ``axes[d]`` are ``parts[phase]``.
+
+  Axis by axis: each phase is padded to ``ceil(size / factor)``, the phases are stacked right
+  after the axis, and the two axes merge (a reshape), cropped to `sizes`.
+  """
+  for d in reversed(range(len(factors))):
+    a, o, axis = factors[d], sizes[d], axes[d]
+    if a == 1:
+      continue
+    size, merged = -(-o // a), {}
+    for phase, part in sorted(parts.items()):
+      pad = [(0, 0)] * part.ndim
+      pad[axis] = (0, size - part.shape[axis])
+      merged.setdefault(phase[:d] + phase[d + 1 :], []).append(jnp.pad(part, pad))
+    parts = {}
+    for key, group in merged.items():
+      y = jnp.stack(group, axis=axis + 1)
+      shape = (*y.shape[:axis], size * len(group), *y.shape[axis + 2 :])
+      parts[key] = lax.slice_in_dim(y.reshape(shape), 0, o, axis=axis)
+  (y,) = parts.values()
+  return y
 
 
 SUBPIXEL = Subpixel()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["interleaved_medians"]
+__all__ = ["interleaved_calls", "interleaved_medians"]
 
 
 def interleaved_medians(
@@ -47,3 +48,27 @@ def interleaved_medians(
       jax.block_until_ready(out)
       times[i].append((time.perf_counter() - start) / n)
   return [float(np.median(t)) for t in times]
+
+
+def interleaved_calls(
+  calls: Mapping[str, Callable[[], Any]], *, rounds: int = 7, min_round_s: float = 0.05
+) -> dict[str, float]:
+  """Median seconds per call of blocking callables (another library's, say), interleaved.
+
+  Each round calls every one in turn, repeatedly until `min_round_s` has passed; the callables
+  must block until their result is ready and be warmed up by the caller.
+
+  Example:
+    >>> t = interleaved_calls({"a": lambda: None}, rounds=2, min_round_s=0.001)
+    >>> t["a"] > 0
+    True
+  """
+  times: dict[str, list[float]] = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      n, start = 0, time.perf_counter()
+      while time.perf_counter() - start < min_round_s:
+        call()
+        n += 1
+      times[name].append((time.perf_counter() - start) / n)
+  return {name: float(np.median(t)) for name, t in times.items()}
