@@ -28,6 +28,7 @@ __all__ = ["LAX"]
 RATE = 190e9  # direct-convolution FLOP/s of XLA's CPU convolution on wide layers (2 cores)
 FULL_RATE_FEATURES = 128  # input features per group from which lax reaches RATE
 MIN_SHARE = 0.3  # ungrouped layers with few features still reach this share of RATE
+THREE_D_SHARE = 0.1  # 3-D convolutions reach at most this share of RATE
 
 # Bound at import: patching `lax.conv_general_dilated` later (`jaxconv.use`) never routes it back.
 _conv = lax.conv_general_dilated
@@ -52,6 +53,8 @@ class Lax(Algorithm):
       share = 1 / FULL_RATE_FEATURES
     if g.feature_group_count == 1 and g.batch_group_count == 1:
       share = max(share, MIN_SHARE)
+    if g.ndim == 3:  # 3-D: 40 GFLOP/s forward, 20 for a kernel gradient (2x16x32x32x32 -> 32)
+      share = min(share, THREE_D_SHARE)
     # XLA skips the zeros an input dilation inserts into a layer's input: a transposed
     # convolution (stride 2, 3x3, 8x28x28x128 -> 64) ran in 5.96 ms against 6.37 ms for its
     # four sub-pixel phases. Not in a kernel-gradient shape (more taps than outputs): the

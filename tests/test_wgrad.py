@@ -1,0 +1,83 @@
+"""The Winograd-domain kernel gradient against lax, on the kernel-gradient geometries lax states."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxconv
+from jaxconv import _wgrad
+from tests.test_direct import _lax_vjp_convs
+from tests.util import HIGHEST, check_against_lax, rng_for
+
+# (name, lhs shape, rhs shape, forward keyword arguments): forward layers Winograd can run.
+CASES = [
+  ("3x3-same", (2, 9, 10, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding="SAME")),
+  ("strided-grouped-nchw", (2, 4, 9, 10), (6, 2, 3, 3),
+   dict(window_strides=(2, 1), padding=((1, 1), (0, 2)), feature_group_count=2,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"))),
+  ("dilated", (2, 11, 9, 3), (3, 2, 3, 4),
+   dict(window_strides=(1, 1), padding="VALID", rhs_dilation=(2, 1))),
+  ("1d", (3, 20, 4), (5, 4, 6),
+   dict(window_strides=(1,), padding="SAME", dimension_numbers=("NWC", "WIO", "NWC"))),
+  ("3d", (2, 6, 7, 8, 4), (3, 3, 3, 4, 5),
+   dict(window_strides=(1, 1, 1), padding="SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
+]  # fmt: skip
+IDS = [c[0] for c in CASES]
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
+def test_wgrad_computes_lax_kernel_gradients(name, lhs_shape, rhs_shape, kwargs, dtype, m):
+  rng = rng_for(name)
+  x = rng.standard_normal(lhs_shape).astype(dtype)
+  w = rng.standard_normal(rhs_shape).astype(dtype)
+  kwargs = dict(kwargs, precision=HIGHEST)
+  if len(lhs_shape) == 4 and "dimension_numbers" not in kwargs:
+    kwargs["dimension_numbers"] = ("NHWC", "HWIO", "NHWC")
+  ran = 0
+  for i, (la, ra, p) in enumerate(_lax_vjp_convs(x, w, kwargs)):
+    r = rng_for(f"{name}-{i}")
+    a, b = r.standard_normal(la.shape).astype(dtype), r.standard_normal(ra.shape).astype(dtype)
+    call = {k: p[k] for k in ("window_strides", "padding", "lhs_dilation", "rhs_dilation")}
+    call.update(
+      dimension_numbers=p["dimension_numbers"],
+      feature_group_count=p["feature_group_count"],
+      batch_group_count=p["batch_group_count"],
+      precision=HIGHEST,
+    )
+    try:
+      jaxconv.plan(a, b, **call, algorithm=f"wgrad{m}")
+    except NotImplementedError:
+      continue
+    check_against_lax(a, b, f"wgrad{m}", tol=1e-4 if dtype == "float32" else 1e-10, **call)
+    ran += 1
+  assert ran == 1  # exactly the kernel gradient
+
+
+def test_wgrad_declines_a_layer_whose_dual_winograd_cannot_run():
+  # Any convolution is the kernel gradient of some layer; here that layer's kernel is 9x9.
+  x, w = jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 4, 4))
+  with pytest.raises(
+    NotImplementedError, match=r"forward layer cannot run Winograd: kernel size .9, 9."
+  ):
+    jaxconv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), algorithm="wgrad"
+    )
+
+
+def test_auto_runs_a_3d_kernel_gradient_in_the_winograd_domain():
+  x, w = jnp.ones((2, 16, 32, 32, 32)), jnp.ones((3, 3, 3, 32, 32))  # the benchmark's layer
+  kwargs = dict(padding="SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=HIGHEST)
+  seen = []
+  collect = jaxconv._select._tune.collect
+  loss = lambda w: jaxconv.conv_general_dilated(x, w, (1, 1, 1), **kwargs).sum()
+  try:
+    jaxconv._select._tune.collect = lambda g, a, p: (seen.append(p), collect(g, a, p))[1]
+    jax.jit(jax.grad(loss)).lower(w)
+  finally:
+    jaxconv._select._tune.collect = collect
+  assert [p.algorithm for p in seen] == ["winograd", "wgrad"], [p.reason for p in seen]
+  assert _wgrad.forward_of(seen[1].geometry).kernel == (3, 3, 3)
