@@ -45,6 +45,7 @@ from jax import lax
 from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry
 from jaxconv._subpixel import interleave
+from jaxconv._winograd import work_dtype
 
 __all__ = ["DIRECT", "direct"]
 
@@ -68,15 +69,11 @@ def _groups(g: ConvGeometry) -> int:
 
 
 def _work_dtype(g: ConvGeometry) -> np.dtype:
-  # Products in the accumulation type, as lax computes them: preferred_element_type if given,
-  # float32 for half-precision floats, int32 counts for booleans.
-  if g.preferred_element_type is not None:
-    return np.promote_types(g.dtype, g.preferred_element_type)
-  if g.dtype in (np.dtype(jnp.bfloat16), np.dtype(np.float16)):
-    return np.dtype(np.float32)
-  if g.dtype == np.bool_:
+  # Products in the accumulation type, as Winograd's (float32 for half precision, the promotion
+  # with preferred_element_type); booleans as int32 counts.
+  if g.dtype == np.bool_ and g.preferred_element_type is None:
     return np.dtype(np.int32)
-  return g.dtype
+  return work_dtype(g)
 
 
 def _split_axes(x: jax.Array, splits: dict[int, tuple[int, ...]]) -> tuple[jax.Array, list]:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv._algorithm import Algorithm
+from jaxconv._autodiff import _swap01
 from jaxconv._geometry import ConvGeometry, normalize
 from jaxconv._winograd import TILES, WINOGRAD, winograd
 
@@ -38,10 +39,6 @@ __all__ = ["WGRAD"]
 # Measured on the reference CPU (2 cores, float32) on the 3x3x3 layer 2x16x32x32x32 -> 32: the
 # kernel gradient by F(4,3)^3 ran 55.3 ms against the forward's 6.43 ms (lax's: 90.7 ms).
 BACKWARD_COST = 8.6
-
-
-def _swap01(spec) -> tuple[int, ...]:
-  return (spec[1], spec[0], *spec[2:])
 
 
 def forward_of(g: ConvGeometry) -> ConvGeometry | None:
