@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["map_blocks"]
+__all__ = ["map_blocks", "sum_blocks"]
 
 
 def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, size: int) -> jax.Array:
@@ -40,3 +40,27 @@ def map_blocks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, size: int) ->
 
   y = jnp.zeros((n, *out.shape[1:]), out.dtype)
   return lax.fori_loop(0, -(-n // size), body, y)
+
+
+def sum_blocks(fn: Callable[..., jax.Array], xs: tuple[jax.Array, ...], blocks: int) -> jax.Array:
+  """The sum of ``fn`` over `blocks` equal blocks along axis 0 of every array in `xs`.
+
+  `blocks` must divide the length; each iteration reads its blocks with dynamic slices and adds
+  its result into the loop's accumulator, so only one block's intermediates are alive at a time.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(sum_blocks(lambda a: a.sum(), (jnp.arange(6.0),), 3))
+    15.0
+  """
+  n = xs[0].shape[0]
+  if blocks == 1:
+    return fn(*xs)
+  size = n // blocks
+  assert size * blocks == n, (n, blocks)
+  out = jax.eval_shape(fn, *(jax.ShapeDtypeStruct((size, *x.shape[1:]), x.dtype) for x in xs))
+
+  def body(i: jax.Array, acc: jax.Array) -> jax.Array:
+    return acc + fn(*(lax.dynamic_slice_in_dim(x, i * size, size) for x in xs))
+
+  return lax.fori_loop(0, blocks, body, jnp.zeros(out.shape, out.dtype))

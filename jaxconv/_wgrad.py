@@ -5,19 +5,24 @@ transformed kernel and ``V = BT d B`` the transformed input tile, summed over in
 each of the ``n^d`` transformed positions ``xi``, ``M[xi] = V[xi] @ U[xi]`` (tiles x C times
 C x O). Its kernel gradient follows by the chain rule through the same stages, backwards:
 
-    dM = A dY AT              (the output-gradient tiles, through the transposed output transform)
+    dM = A dY AT               (the output-gradient tiles, through the transposed output transform)
     dU[xi] = V[xi]^T @ dM[xi]  (one GEMM per position, summing over examples and tiles)
     dg = GT dU G               (one small transform back)
 
 so it costs what the forward costs: the input transform, one output-sized transform and
 ``n^d`` GEMMs, where lax computes the kernel gradient as a convolution whose "kernel" is the whole
-output gradient. It is F(r, m) run backwards, in the words of Lavin and Gray.
+output gradient. It is F(r, m) run backwards, in the words of Lavin and Gray. The output-gradient
+tiles do not overlap (a tile's m outputs are its own), so ``dM`` reads each ``dY`` value once, by
+the same strided views the forward's input transform uses.
 
-Here that chain is JAX's own reverse mode of the forward `winograd` with respect to the kernel
-alone: the input transform runs forward as it is, and the transposes of the output stage are
-pads and reshapes. As a registry algorithm it takes the kernel-gradient geometry that
-`jaxconv._autodiff` states (input and output gradient as lhs and rhs, the kernel as the result)
-and rebuilds the forward layer from it.
+Strided and dilated layers split as the forward does (`jaxconv._winograd`): the kernel gradient of
+a stride-s axis is the phases' gradients ``dg[p::s]``, each the gradient of a stride-1 problem on
+``x[p::s]``; a dilated kernel's gradient sums its sub-grids' gradients. The transformed input is
+recomputed from the layer's input, not kept from the forward pass (see docs/memory.md).
+
+As a registry algorithm it takes the kernel-gradient geometry that `jaxconv._autodiff` states
+(input and output gradient as lhs and rhs, the kernel as the result) and rebuilds the forward layer
+from it.
 
 Reference: A. Lavin and S. Gray, "Fast algorithms for convolutional neural networks" (CVPR 2016),
 section 4 (the gradient computations).
@@ -25,20 +30,72 @@ section 4 (the gradient computations).
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxconv._algorithm import Algorithm
 from jaxconv._autodiff import _swap01
 from jaxconv._geometry import ConvGeometry, normalize
-from jaxconv._winograd import TILES, WINOGRAD, winograd
+from jaxconv._loops import sum_blocks
+from jaxconv._winograd import (
+  AUTO_TILES,
+  KERNEL_RATE,
+  STREAM_RATE,
+  TILES,
+  WINOGRAD,
+  _bytes_per_example,
+  _combine,
+  _phases,
+  _plan,
+  kernel_matrix,
+  transform_input,
+  work_dtype,
+)
 
 __all__ = ["WGRAD"]
 
-# Measured on the reference CPU (2 cores, float32) on the 3x3x3 layer 2x16x32x32x32 -> 32: the
-# kernel gradient by F(4,3)^3 ran 55.3 ms against the forward's 6.43 ms (lax's: 90.7 ms).
-BACKWARD_COST = 8.6
+# `auto`'s model: the forward's three terms (`jaxconv._winograd`), with the rate of these GEMMs,
+# whose sum runs over all examples and tiles. Fitted to ResNet-50's stride-1 3x3 layers at batch 8
+# (F(2,3) and F(4,3), 2 cores): within 0.6-1.7x of the measured 3.3-14.9 ms, right tile for 3 of 4.
+GEMM_RATE = 300e9
+
+
+def _seconds(g: ConvGeometry, m: int) -> float:
+  """Predicted seconds of `kernel_gradient` of the forward layer `g` with tiles of `m`."""
+  itemsize = np.dtype(work_dtype(g)).itemsize
+  cin, groups = g.group_in_features, g.feature_group_count * g.batch_group_count
+  rate = GEMM_RATE * min(1.0, cin / 32, g.out_features / groups / 32)
+  read = (
+    g.out_batch
+    * itemsize
+    * (
+      math.prod(g.padded_spatial) * g.batch_group_count * g.in_features
+      + math.prod(g.out_spatial) * g.out_features
+    )
+  )
+  total = read / STREAM_RATE
+  axes = [
+    _phases(k, o, s, d) for k, o, s, d in zip(g.kernel, g.out_spatial, g.strides, g.rhs_dilation)
+  ]
+  for combo in itertools.product(*axes):
+    _, w_sl, y_sl = zip(*combo)
+    rs = [len(range(k)[sl]) for k, sl in zip(g.kernel, w_sl)]
+    out = [len(range(o)[sl]) for o, sl in zip(g.out_spatial, y_sl)]
+    ms, _, tiles = _plan(out, [m] * g.ndim, rs)
+    n_pos = math.prod(mm + r - 1 for mm, r in zip(ms, rs))
+    rows = g.out_batch * math.prod(tiles)
+    data = itemsize * n_pos * rows * (g.batch_group_count * g.in_features + g.out_features)
+    kernel = itemsize * n_pos * cin * g.out_features
+    total += (
+      2 * n_pos * rows * cin * g.out_features / rate + data / STREAM_RATE + kernel / KERNEL_RATE
+    )
+  return total
 
 
 def forward_of(g: ConvGeometry) -> ConvGeometry | None:
@@ -93,22 +150,21 @@ class Wgrad(Algorithm):
     return WINOGRAD.variants(forward_of(g))
 
   def resolve(self, g: ConvGeometry, hint: object) -> tuple[int, ...]:
-    return WINOGRAD.resolve(forward_of(g), hint)
+    fwd = forward_of(g)
+    if hint is None:
+      hint = min(AUTO_TILES, key=lambda m: _seconds(fwd, m))
+    return WINOGRAD.resolve(fwd, hint)
 
   def predict(self, g: ConvGeometry, variant) -> float | None:
     fwd = forward_of(g)
-    if fwd.ndim < 3:
+    if fwd.ndim == 1 or max(fwd.rhs_dilation) > 1 or max(variant) not in AUTO_TILES:
       return None
-    forward = WINOGRAD.predict(fwd, variant)
-    return None if forward is None else forward * BACKWARD_COST
+    return _seconds(fwd, max(variant))
 
   def why_not_predicted(self, g: ConvGeometry) -> str:
-    if forward_of(g).ndim < 3:
-      return (
-        "a 2-D kernel gradient in the Winograd domain measured slower than lax's (ResNet-50 "
-        "28x28x128: 16.5 against 13.5 ms)"
-      )
-    return "wgrad: " + WINOGRAD.why_not_predicted(forward_of(g))
+    if forward_of(g).ndim == 1:
+      return "wgrad: 1-D tiles save 2x, not 4x, and 1-D Winograd measured slower than lax"
+    return "wgrad: a dilated layer's kernel gradient (sub-grid sums) was not measured to pay"
 
   def explain(self, g: ConvGeometry, variant) -> str:
     return f"the kernel gradient of {WINOGRAD.explain(forward_of(g), variant)}, transformed"
@@ -123,11 +179,151 @@ class Wgrad(Algorithm):
     return "wgrad" if variant is None else f"wgrad{max(variant)}"
 
   def run(self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant) -> jax.Array:
-    fwd = forward_of(g)
-    w0 = jnp.zeros(fwd.rhs_shape, lhs.dtype)
-    _, pullback = jax.vjp(lambda w: winograd(lhs, w, fwd, variant), w0)
-    (dw,) = pullback(rhs.astype(fwd.out_dtype))
-    return dw.astype(g.out_dtype)
+    return kernel_gradient(lhs, rhs, forward_of(g), variant).astype(g.out_dtype)
 
 
 WGRAD = Wgrad()
+
+# Transformed input and output gradient are made and consumed in blocks of at most this many bytes.
+# Measured (ResNet-50 layers, batch 8, F(4,3), 2 cores): 56x56x64 ran 21.5 ms in one 29 MB piece,
+# 6.3-7.8 ms in blocks of 14 or 7 MB; 28x28x128 3.6 ms in one 14 MB piece, 3.0 ms in 3.6 MB blocks.
+BLOCK_BYTES = 8 << 20
+
+
+def _stride1(
+  x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry
+) -> jax.Array:
+  """`_tiles` summed over blocks of tile rows when the transformed data exceeds BLOCK_BYTES.
+
+  A block reads its rows of output gradient and the input rows they need (r - 1 more); the
+  gradient is padded with zero rows to whole blocks, which add nothing to the sum.
+  """
+  out = dy.shape[1:-1]
+  ms, _, tiles = _plan(out, ms, rs)
+  n_pos = math.prod(m + r - 1 for m, r in zip(ms, rs))
+  itemsize = np.dtype(x.dtype).itemsize
+  nbytes = n_pos * x.shape[0] * math.prod(tiles) * (x.shape[1] * x.shape[-1] + dy.shape[-1])
+  blocks = min(tiles[0], -(-nbytes * itemsize // BLOCK_BYTES))
+  if blocks <= 1:
+    return _tiles(x, dy, rs, ms, g)
+  per = -(-tiles[0] // blocks) * ms[0]  # output rows per block
+  blocks = -(-out[0] // per)
+  rows = blocks * per
+  dy = jnp.pad(dy, [(0, 0), (0, rows - out[0])] + [(0, 0)] * (dy.ndim - 2))
+  x = x[:, :, : rows + rs[0] - 1]
+  x = jnp.pad(x, [(0, 0), (0, 0), (0, rows + rs[0] - 1 - x.shape[2])] + [(0, 0)] * (x.ndim - 3))
+
+  def body(i: jax.Array, acc: jax.Array) -> jax.Array:
+    xs = lax.dynamic_slice_in_dim(x, i * per, per + rs[0] - 1, axis=2)
+    return acc + _tiles(xs, lax.dynamic_slice_in_dim(dy, i * per, per, axis=1), rs, ms, g)
+
+  part = jax.eval_shape(
+    lambda a, b: _tiles(a, b, rs, ms, g), x[:, :, : per + rs[0] - 1], dy[:, :per]
+  )
+  return lax.fori_loop(0, blocks, body, jnp.zeros(part.shape, part.dtype))
+
+
+def _tiles(x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry):
+  """Kernel gradient of a VALID stride-1 Winograd problem (`jaxconv._winograd._tiles`).
+
+  Args:
+    x: (E, B, *L, C) input, at least ``out + r - 1`` long per axis.
+    dy: (E, *out, O) output gradient, output features group-major.
+    rs: kernel size per axis.
+    ms: tile output size per axis.
+    g: the forward geometry (groups, precision).
+
+  Returns:
+    (*rs, I, G, B, O') kernel gradient.
+  """
+  out = dy.shape[1:-1]
+  ms, mats, tiles = _plan(out, ms, rs)
+  v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
+  # dM = A dY AT, one axis at a time: row a of A^T's transpose weighs output i of every tile,
+  # the strided view dy[i::m] of the gradient padded to whole tiles.
+  t = jnp.pad(dy, [(0, 0)] + [(0, k * m - o) for k, m, o in zip(tiles, ms, out)] + [(0, 0)])
+  for d, (m, k, (at, _, _)) in enumerate(zip(ms, tiles, mats)):
+    axis = 2 * d + 1
+    views = [lax.slice_in_dim(t, i, i + (k - 1) * m + 1, m, axis=axis) for i in range(m)]
+    t = _combine(at.T, views, axis=d)
+  gk = kernel_matrix(mats)
+  n_pos = gk.shape[0]
+  n_ex, n_tiles = x.shape[0], math.prod(tiles)
+  fgc, bgc, cin = g.feature_group_count, g.batch_group_count, g.group_in_features
+  if fgc == 1 and bgc == 1:  # dU[xi] = V[xi]^T dM[xi], examples and tiles summed
+    du = lax.dot_general(
+      v.reshape(n_pos, n_ex * n_tiles, cin),
+      t.reshape(n_pos, n_ex * n_tiles, -1),
+      (((1,), (1,)), ((0,), (0,))),
+      precision=g.precision,
+      preferred_element_type=g.preferred_element_type,
+    )
+  else:
+    du = jnp.einsum(
+      "nebtgc,netgbo->ncgbo",
+      v.reshape(n_pos, n_ex, bgc, n_tiles, fgc, cin),
+      t.reshape(n_pos, n_ex, n_tiles, fgc, bgc, -1),
+      precision=g.precision,
+      preferred_element_type=g.preferred_element_type,
+    )
+  # dg = GT dU G: the transpose of the forward's kernel transform, one small GEMM.
+  dg = jnp.dot(jnp.asarray(gk.T, du.dtype), du.reshape(n_pos, -1), precision=lax.Precision.HIGHEST)
+  return dg.reshape(*rs, cin, fgc, bgc, -1)
+
+
+def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[int]) -> jax.Array:
+  """The gradient with respect to the kernel of the Winograd layer `g`, in the Winograd domain.
+
+  Args:
+    x: the layer's input, in its layout.
+    dy: the gradient of its output, in the output's layout.
+    g: the forward layer's geometry; `WINOGRAD.cannot(g)` must be None.
+    m: output tile size per spatial axis.
+
+  Returns:
+    The kernel gradient in the kernel's layout, in the work dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxconv._geometry import normalize
+    >>> x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 4))
+    >>> g = normalize(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    >>> jnp.round(kernel_gradient(x, jnp.ones((1, 4, 4, 4)), g, (4, 4))[0, 0, 0], 4).tolist()
+    [16.0, 16.0, 16.0, 16.0]
+  """
+  wdt = work_dtype(g)
+  if math.prod(x.shape) == 0 or math.prod(dy.shape) == 0:
+    return jnp.zeros(g.rhs_shape, wdt)
+  fgc, bgc = g.feature_group_count, g.batch_group_count
+  x = jnp.transpose(x, g.lhs_to_channels_last).astype(wdt)
+  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
+  dy = jnp.transpose(dy, np.argsort(g.channels_last_to_out)).astype(wdt)  # (E, *out, O)
+  out = g.out_spatial
+  axes = [_phases(k, o, s, d) for k, o, s, d in zip(g.kernel, out, g.strides, g.rhs_dilation)]
+  shape = (*g.kernel, g.group_in_features, fgc, bgc, g.out_features // (fgc * bgc))
+
+  def block(xb: jax.Array, dyb: jax.Array) -> jax.Array:
+    xb = lax.pad(xb, jnp.zeros((), xb.dtype), [(0, 0, 0), (0, 0, 0), *g.pad_config, (0, 0, 0)])
+    dw = None
+    for combo in itertools.product(*axes):
+      x_sl, w_sl, y_sl = zip(*combo)
+      rs = [len(range(k)[sl]) for k, sl in zip(g.kernel, w_sl)]
+      part = _stride1(xb[(slice(None), slice(None), *x_sl)], dyb[(slice(None), *y_sl)], rs, m, g)
+      if all(sl == slice(None) for sl in w_sl) and dw is not None:  # dilation phases add up
+        dw = dw + part
+      else:  # stride phases: each fills its own kernel taps
+        dw = jnp.zeros(shape, part.dtype) if dw is None else dw
+        dw = dw.at[w_sl].add(part)
+    return dw
+
+  # Examples are summed in equal blocks whose transformed data stays within BLOCK_BYTES (one
+  # example at a time, in blocks of tile rows, when a single one exceeds it).
+  n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt)
+  blocks = next(
+    k
+    for k in range(1, n_ex + 1)
+    if (n_ex % k == 0 and n_ex // k * per_example <= BLOCK_BYTES) or k == n_ex
+  )
+  dw = sum_blocks(block, (x, dy), blocks)
+  dw = dw.reshape(*g.kernel, g.group_in_features, g.out_features)
+  return jnp.transpose(dw, np.argsort(g.rhs_to_channels_last))

@@ -54,7 +54,14 @@ from jaxconv._geometry import ConvGeometry, grouped_operands
 from jaxconv._loops import map_blocks
 from jaxconv._transforms import default_points, winograd_matrices
 
-__all__ = ["WINOGRAD", "winograd", "winograd_support", "work_dtype"]
+__all__ = [
+  "WINOGRAD",
+  "kernel_matrix",
+  "transform_input",
+  "winograd",
+  "winograd_support",
+  "work_dtype",
+]
 
 # Transformed input and product up to SPLIT_ABOVE_BYTES are computed in one piece, where XLA runs
 # the GEMMs on all cores; above it, in blocks of CHUNK_BYTES, a loop whose fresh buffers stay small
@@ -165,6 +172,54 @@ def _stride1(
   return lax.fori_loop(0, -(-out[0] // per), rows_block, y)
 
 
+def _plan(
+  out: Sequence[int], ms: Sequence[int], rs: Sequence[int]
+) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray, np.ndarray]], list[int]]:
+  """Tile sizes (m = 1 where the kernel axis has size 1), transforms and tile counts per axis."""
+  ms = [m if r > 1 else 1 for m, r in zip(ms, rs)]
+  return ms, [_matrices(m, r) for m, r in zip(ms, rs)], [-(-o // m) for o, m in zip(out, ms)]
+
+
+def kernel_matrix(mats: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+  """``G`` of every axis as one Kronecker product: (n^d, r^d), so ``U = kron(G) @ g`` flat."""
+  gk = np.ones((1, 1))
+  for _, gm, _ in mats:
+    gk = np.kron(gk, gm)
+  return gk
+
+
+def transform_input(
+  x: jax.Array,
+  ms: Sequence[int],
+  mats: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+  tiles: Sequence[int],
+  g: ConvGeometry,
+) -> jax.Array:
+  """The transformed input tiles ``BT d B`` of a VALID stride-1 problem (see `_plan`).
+
+  Args:
+    x: (E, B, *L, C) input, at least ``tiles * m + r - 1`` long per axis (longer is cropped).
+
+  Returns:
+    (n^d, E, B, *tiles, C).
+  """
+  nd = len(ms)
+  ns = [bt.shape[0] for _, _, bt in mats]
+  need = [t * m + n - m for t, m, n in zip(tiles, ms, ns)]
+  # Pad the end (or crop) to a whole number of tiles.
+  x = x[(slice(None), slice(None), *(slice(0, n) for n in need))]
+  x = jnp.pad(x, [(0, 0)] * 2 + [(0, n - s) for n, s in zip(need, x.shape[2:])] + [(0, 0)])
+  # One axis at a time. Along axis d, position i of every tile is the strided view x[i::m]
+  # (static offsets, fused into the sums: the tiles are never gathered).
+  v = x  # (n_0..n_{d-1}, E, B, T_0..T_{d-1}, L_d.., C) after axis d-1
+  for d, (m, t, n, (_, _, bt)) in enumerate(zip(ms, tiles, ns, mats)):
+    axis = 2 * d + 2
+    views = [lax.slice_in_dim(v, i, i + (t - 1) * m + 1, m, axis=axis) for i in range(n)]
+    v = _combine(bt, views, axis=d)
+  chex.assert_shape(v, (*ns, x.shape[0], g.batch_group_count, *tiles, g.in_features))
+  return v.reshape(math.prod(ns), *v.shape[nd:])
+
+
 def _tiles(
   x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
 ) -> jax.Array:
@@ -181,31 +236,11 @@ def _tiles(
     (E, *out, O) output.
   """
   nd = len(out)
-  rs = w.shape[:nd]
-  ms = [m if r > 1 else 1 for m, r in zip(ms, rs)]
-  mats = [_matrices(m, r) for m, r in zip(ms, rs)]
-  ns = [m + r - 1 for m, r in zip(ms, rs)]
-  tiles = [-(-o // m) for o, m in zip(out, ms)]
-  need = [t * m + r - 1 for t, m, r in zip(tiles, ms, rs)]
-  # Pad the end (or crop) to a whole number of tiles.
-  x = x[(slice(None), slice(None), *(slice(0, n) for n in need))]
-  x = jnp.pad(x, [(0, 0)] * 2 + [(0, n - s) for n, s in zip(need, x.shape[2:])] + [(0, 0)])
-  n_ex = x.shape[0]
-
-  gk = np.ones((1, 1))
-  for _, gm, _ in mats:
-    gk = np.kron(gk, gm)
+  ms, mats, tiles = _plan(out, ms, w.shape[:nd])
+  v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
+  n_ex, ns = x.shape[0], [at.shape[1] for at, _, _ in mats]
+  gk = kernel_matrix(mats)
   n_pos, taps = gk.shape
-
-  # Input transform BT d BT^T, one axis at a time. Along axis d, position i of every tile is the
-  # strided view x[i::m] (static offsets, fused into the sums: the tiles are never gathered).
-  v = x  # (n_0..n_{d-1}, E, B, T_0..T_{d-1}, L_d.., C) after axis d-1
-  for d, (m, t, n, (_, _, bt)) in enumerate(zip(ms, tiles, ns, mats)):
-    axis = 2 * d + 2
-    views = [lax.slice_in_dim(v, i, i + (t - 1) * m + 1, m, axis=axis) for i in range(n)]
-    v = _combine(bt, views, axis=d)
-  chex.assert_shape(v, (*ns, n_ex, g.batch_group_count, *tiles, g.in_features))
-  v = v.reshape(n_pos, *v.shape[nd:])  # (n^d, E, B, *tiles, C)
   n_tiles = math.prod(tiles)
   bgc, fgc = g.batch_group_count, g.feature_group_count
   cin_g = g.group_in_features

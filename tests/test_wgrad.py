@@ -81,3 +81,27 @@ def test_auto_runs_a_3d_kernel_gradient_in_the_winograd_domain():
     jaxconv._select._tune.collect = collect
   assert [p.algorithm for p in seen] == ["winograd", "wgrad"], [p.reason for p in seen]
   assert _wgrad.forward_of(seen[1].geometry).kernel == (3, 3, 3)
+
+
+@pytest.mark.parametrize("budget", [1 << 10, 40 << 10])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 1)])
+def test_wgrad_in_blocks_of_examples_and_tile_rows(monkeypatch, budget, strides):
+  # A small budget sums one example at a time in blocks of tile rows (zero-padded at the end);
+  # a larger one, blocks of examples.
+  monkeypatch.setattr(_wgrad, "BLOCK_BYTES", budget)
+  rng = rng_for(f"blocks-{budget}-{strides}")
+  x = jnp.asarray(rng.standard_normal((4, 13, 11, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 5)), jnp.float32)
+  call = dict(
+    window_strides=strides,
+    padding="SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=HIGHEST,
+  )
+  g = jaxconv.plan(x, w, **call, algorithm="lax").geometry
+  y, pullback = jax.vjp(lambda w: jax.lax.conv_general_dilated(x, w, **call), w)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  (want,) = pullback(dy)
+  got = jax.jit(lambda x, dy: _wgrad.kernel_gradient(x, dy, g, (4, 4)))(x, dy)
+  err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+  assert err < 1e-5, err
