@@ -10,6 +10,11 @@ call, the peak's ratio to lax's, and XLA's own account of the compiled program's
 
   python bench/memory.py --out docs/memory.md        # 64x224x224x64, 3x3, SAME (about 2 minutes)
   python bench/memory.py --batch 8 --size 56          # a quick check
+  python bench/memory.py --train --batch 32 --size 56  # a training step, ResNet-50's first stage
+
+With ``--train`` the call is a training step of the layer, ``y, (dx, dw) = vjp(conv, x, w)(dy)``
+with ``dy`` resident beforehand, and the algorithm is the forward's (jaxconv's gradients go to
+whatever ``auto`` picks for them); ``--stride 2`` makes it a strided layer to ``2 * channels``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ def _status_kib(key: str) -> int:
   raise KeyError(key)
 
 
-def child(algorithm: str, batch: int, size: int, channels: int, kernel: int) -> dict:
+def child(
+  algorithm: str, batch: int, size: int, channels: int, kernel: int, train: bool, stride: int
+) -> dict:
   """Runs one convolution in this process and measures it (the body of a subprocess)."""
   import jax
   import numpy as np
@@ -45,16 +52,27 @@ def child(algorithm: str, batch: int, size: int, channels: int, kernel: int) -> 
   host = rng.standard_normal((batch, size, size, channels), dtype=np.float32)
   x = jax.block_until_ready(jax.device_put(host))  # the copy is asynchronous: wait, then free
   del host
+  out_channels = channels * stride
   w = jax.device_put(
-    rng.standard_normal((kernel, kernel, channels, channels), dtype=np.float32) / 24.0
+    rng.standard_normal((kernel, kernel, channels, out_channels), dtype=np.float32) / 24.0
   )
-  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  kw = dict(window_strides=(stride, stride), padding="SAME", dimension_numbers=NHWC)
   if algorithm == "lax":
-    fn = lambda a, b: lax.conv_general_dilated(a, b, **kw)
+    conv = lambda a, b: lax.conv_general_dilated(a, b, **kw)
   else:
-    fn = lambda a, b: jaxconv.conv_general_dilated(a, b, **kw, algorithm=algorithm)
+    conv = lambda a, b: jaxconv.conv_general_dilated(a, b, **kw, algorithm=algorithm)
+  args = (x, w)
+  fn = conv
+  if train:
+    out = jax.eval_shape(conv, x, w).shape
+    args = (x, w, jax.device_put(rng.standard_normal(out, dtype=np.float32)))
+
+    def fn(a, b, dy):
+      y, pullback = jax.vjp(conv, a, b)
+      return y, pullback(dy)
+
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(x, w).compile()
+  compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - start
   analysis = compiled.memory_analysis()
   try:  # hand the compiler's freed heap back to the OS, so every run starts from the same place
@@ -65,7 +83,7 @@ def child(algorithm: str, batch: int, size: int, channels: int, kernel: int) -> 
     f.write("5")
   before = _status_kib("VmRSS")
   start = time.perf_counter()
-  y = jax.block_until_ready(compiled(x, w))
+  y = jax.block_until_ready(compiled(*args))
   run_s = time.perf_counter() - start
   peak = _status_kib("VmHWM")
   del y
@@ -90,6 +108,8 @@ def measure(algorithm: str, args: argparse.Namespace) -> dict:
     algorithm,
     *("--batch", str(args.batch), "--size", str(args.size)),
     *("--channels", str(args.channels), "--kernel", str(args.kernel)),
+    *("--stride", str(args.stride)),
+    *(["--train"] if args.train else []),
   ]
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # whatever found jaxconv here
   done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -100,10 +120,16 @@ def measure(algorithm: str, args: argparse.Namespace) -> dict:
 
 def table(records: list[dict], args: argparse.Namespace) -> str:
   lax_peak = next(r["peak_rss_gb"] for r in records if r["algorithm"] == "lax")
+  what = (
+    "A training step (forward, input and kernel gradients) of the layer: input"
+    if args.train
+    else "Input"
+  )
   lines = [
-    f"Input {args.batch}x{args.size}x{args.size}x{args.channels} float32 (NHWC), "
-    f"{args.kernel}x{args.kernel} kernel, {args.channels} -> {args.channels}, SAME. "
-    f"Input and output are {records[0]['xla_args_gb']:.2f} GB and "
+    f"{what} {args.batch}x{args.size}x{args.size}x{args.channels} float32 (NHWC), "
+    f"{args.kernel}x{args.kernel} kernel, {args.channels} -> {args.channels * args.stride}, "
+    f"stride {args.stride}, SAME. "
+    f"Arguments and results are {records[0]['xla_args_gb']:.2f} GB and "
     f"{records[0]['xla_out_gb']:.2f} GB.",
     "",
     "| algorithm | RSS before the call | peak RSS | peak / lax's | XLA temp buffers | time |",
@@ -123,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--size", type=int, default=224)
   p.add_argument("--channels", type=int, default=64)
   p.add_argument("--kernel", type=int, default=3)
+  p.add_argument("--stride", type=int, default=1)
+  p.add_argument("--train", action="store_true", help="a training step, not a forward call")
   p.add_argument("--algorithms", default=",".join(ALGORITHMS))
   p.add_argument("--out", help="also write the markdown table here")
   p.add_argument("--child", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.child:
-    print(json.dumps(child(args.child, args.batch, args.size, args.channels, args.kernel)))
+    record = child(
+      args.child, args.batch, args.size, args.channels, args.kernel, args.train, args.stride
+    )
+    print(json.dumps(record))
     return 0
   algorithms = args.algorithms.split(",")
   if "lax" not in algorithms:

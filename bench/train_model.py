@@ -12,7 +12,17 @@ and once with `jaxconv.conv_general_dilated` / `jaxconv.conv_transpose` (``auto`
 tuning cache), and both are timed in interleaved rounds (`jaxconv._timing`). Three steps from
 the same start are checked to give the same losses.
 
+Where PyTorch is importable (it is never a dependency of jaxconv), the same two models also run in
+PyTorch (eager, float32, channels-last activations and weights, as many threads as the process may
+use, `OMP_WAIT_POLICY=PASSIVE` as in bench/pytorch.py), from the same initial parameters and
+batches: batch norm from batch statistics, the same loss, the same update (v = 0.9 v + g;
+p = p - 0.01 v). Its three losses are checked against lax's, and its step (forward, autograd
+backward, update) is timed in the same interleaved rounds as the two JAX steps
+(`interleaved_calls`); ``torch ms`` is its median and ``x torch`` is torch ms / jaxconv ms (above 1:
+jaxconv is faster). Without PyTorch these columns are skipped.
+
   python bench/train_model.py [--models resnet,unet] [--rounds 7]
+  /tmp/torchvenv/bin/python bench/train_model.py  # with PyTorch installed next to jaxconv
 """
 
 from __future__ import annotations
@@ -21,13 +31,23 @@ import argparse
 import os
 import sys
 
+# Before PyTorch is imported: its OpenMP threads otherwise spin after each call, taking the cores
+# XLA's threads need next (see bench/pytorch.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 import jaxconv
-from jaxconv._timing import interleaved_medians
+from jaxconv._timing import interleaved_calls, interleaved_medians
+
+try:
+  import torch
+  import torch.nn.functional as F
+except ImportError:  # never a dependency of jaxconv: the PyTorch columns are skipped
+  torch = F = None
 
 DN = ("NHWC", "HWIO", "NHWC")
 HIGHEST = lax.Precision.HIGHEST
@@ -151,6 +171,119 @@ def _step(loss, backend):
   return step
 
 
+# The same models in PyTorch (NCHW tensors in channels-last memory). ----------------------------
+
+UP = ("u1", "u2")  # the U-Net's transposed convolutions' kernels
+
+
+def _torch_nchw(a) -> torch.Tensor:
+  """An NHWC array as an NCHW float32 tensor in channels-last memory."""
+  t = torch.from_numpy(np.array(a, np.float32)).permute(0, 3, 1, 2)
+  return t.contiguous(memory_format=torch.channels_last)
+
+
+def _torch_kernel(w, transposed: bool = False) -> torch.Tensor:
+  """An HWIO kernel as conv2d's OIHW weight, or as conv_transpose2d's for `_torch_up`."""
+  w = np.array(w, np.float32)
+  # lax.conv_transpose (transpose_kernel=False) correlates the dilated input with w itself;
+  # conv_transpose2d correlates it with its (I, O, kH, kW) weight flipped in H and W.
+  w = w[::-1, ::-1].transpose(2, 3, 0, 1) if transposed else w.transpose(3, 2, 0, 1)
+  return torch.from_numpy(np.ascontiguousarray(w)).contiguous(memory_format=torch.channels_last)
+
+
+def _torch_params(params) -> dict:
+  """The JAX parameters as leaf tensors that require grad, in the same tree."""
+
+  def leaf(path, p):
+    if p.ndim != 4:
+      t = torch.from_numpy(np.array(p, np.float32))
+    else:
+      t = _torch_kernel(p, transposed=getattr(path[-1], "key", None) in UP)
+    return t.requires_grad_()
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def _torch_conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1) -> torch.Tensor:
+  return F.conv2d(x, w, stride=stride, padding=w.shape[-1] // 2)  # odd kernels: `_conv`'s pads
+
+
+def _torch_norm(x: torch.Tensor, p: dict) -> torch.Tensor:
+  # Batch statistics (biased variance), no running statistics: `_norm`.
+  return F.batch_norm(x, None, None, p["scale"], p["bias"], training=True, eps=1e-5)
+
+
+def _torch_up(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+  """`lax.conv_transpose(h, w, (2, 2), "SAME")` for a 3x3 kernel (w from `_torch_kernel`).
+
+  lax pads the 2x-dilated input by (2, 1) (its SAME rule: ceil((k + s - 2) / 2) before); with
+  padding 0, conv_transpose2d pads it by (k - 1, k - 1) = (2, 2), so drop the last row and column.
+  """
+  n, m = 2 * h.shape[2], 2 * h.shape[3]
+  return F.conv_transpose2d(h, w, stride=2)[:, :, :n, :m]
+
+
+def resnet_torch_loss(params: dict, batch: tuple) -> torch.Tensor:
+  x, labels = batch
+  h = F.relu(_torch_norm(_torch_conv(x, params["stem"]), params["stem_bn"]))
+  for block, (_, stride) in zip(params["blocks"], STAGES):
+    y = F.relu(_torch_norm(_torch_conv(h, block["w1"], stride), block["bn1"]))
+    y = _torch_norm(_torch_conv(y, block["w2"]), block["bn2"])
+    skip = _torch_conv(h, block["proj"], stride) if "proj" in block else h
+    h = F.relu(y + skip)
+  return F.cross_entropy(h.mean((2, 3)) @ params["head"], labels)
+
+
+def unet_torch_loss(params: dict, batch: tuple) -> torch.Tensor:
+  x, target = batch
+  e1 = F.relu(_torch_conv(x, params["e1"]))
+  e2 = F.relu(_torch_conv(e1, params["e2"], 2))
+  e3 = F.relu(_torch_conv(e2, params["e3"], 2))
+  d2 = F.relu(_torch_up(e3, params["u2"]))
+  d2 = F.relu(_torch_conv(torch.cat([d2, e2], 1), params["d2"]))
+  d1 = F.relu(_torch_up(d2, params["u1"]))
+  d1 = F.relu(_torch_conv(torch.cat([d1, e1], 1), params["d1"]))
+  return F.mse_loss(_torch_conv(d1, params["out"]), target)
+
+
+TORCH_LOSSES = {"resnet": resnet_torch_loss, "unet": unet_torch_loss}
+
+
+def _torch_batch(name: str, batch) -> tuple:
+  x, y = batch
+  y = torch.from_numpy(np.array(y, np.int64)) if name == "resnet" else _torch_nchw(y)
+  return _torch_nchw(x), y
+
+
+def _torch_step(name: str, params, batch):
+  """A callable running one training step in place from `params`; it returns the loss."""
+  loss, leaves = TORCH_LOSSES[name], jax.tree.leaves(params)
+  velocity = [torch.zeros_like(p) for p in leaves]
+
+  def step() -> torch.Tensor:
+    for p in leaves:
+      p.grad = None
+    value = loss(params, batch)
+    value.backward()
+    with torch.no_grad():
+      for p, v in zip(leaves, velocity):
+        v.mul_(0.9).add_(p.grad)
+        p.sub_(v, alpha=0.01)
+    return value.detach()
+
+  return step
+
+
+def _check_up() -> float:
+  """The largest difference between `_torch_up` and lax.conv_transpose on random data."""
+  x, w = jax.random.normal(jax.random.key(2), (2, 16, 16, 128)), unet_init(jax.random.key(3))["u2"]
+  ref = lax.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=DN, precision=HIGHEST)
+  got = _torch_up(_torch_nchw(x), _torch_kernel(w, transposed=True)).permute(0, 2, 3, 1)
+  err = float(np.abs(got.numpy() - np.asarray(ref)).max())
+  assert err < 1e-4 * float(np.abs(ref).max()), err
+  return err
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet,unet")
@@ -160,25 +293,53 @@ def main(argv: list[str] | None = None) -> int:
     f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, one SGD-momentum step per call"
   )
-  print(f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'x lax':>6}  losses (lax | jaxconv)")
+  if torch is None:
+    print("PyTorch is not installed in this environment: its columns are skipped")
+    print(f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'x lax':>6}  losses (lax | jaxconv)")
+  else:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
+    print(
+      f"torch {torch.__version__} ({threads} threads, eager, channels-last); "
+      f"transposed convolution vs lax: max abs difference {_check_up():.1e}"
+    )
+    print(
+      f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'torch ms':>9}  {'x lax':>6}  "
+      f"{'x torch':>7}  losses (lax | jaxconv | torch)"
+    )
   for name in args.models.split(","):
     init, loss, make_batch = MODELS[name]
     params = init(jax.random.key(0))
     velocity = jax.tree.map(jnp.zeros_like, params)
     batch = make_batch(jax.random.key(1))
     steps = {b: _step(loss, b) for b in BACKENDS}
+    compiled = {b: jax.jit(s).lower(params, velocity, batch).compile() for b, s in steps.items()}
     losses = {}
-    for b, step in steps.items():
+    for b, run in compiled.items():
       p, v, seen = params, velocity, []
-      run = jax.jit(step)
       for _ in range(3):
         p, v, value = run(p, v, batch)
         seen.append(float(value))
       losses[b] = seen
-    agree = np.allclose(losses["lax"], losses["jaxconv"], rtol=1e-3)
-    t = interleaved_medians(list(steps.values()), [params, velocity, batch], rounds=args.rounds)
-    text = " ".join(f"{a:.4f}|{b:.4f}" for a, b in zip(losses["lax"], losses["jaxconv"]))
-    print(f"{name:>8}  {t[0] * 1e3:9.1f}  {t[1] * 1e3:10.1f}  {t[0] / t[1]:5.2f}x  {text}")
+    if torch is not None:
+      torch_step = _torch_step(name, _torch_params(params), _torch_batch(name, batch))
+      losses["torch"] = [float(torch_step()) for _ in range(3)]
+    agree = all(np.allclose(losses["lax"], seen, rtol=1e-3) for seen in losses.values())
+    text = " ".join("|".join(f"{s:.4f}" for s in row) for row in zip(*losses.values()))
+    if torch is None:
+      t = interleaved_medians(list(steps.values()), [params, velocity, batch], rounds=args.rounds)
+      print(f"{name:>8}  {t[0] * 1e3:9.1f}  {t[1] * 1e3:10.1f}  {t[0] / t[1]:5.2f}x  {text}")
+    else:  # all three in the same rounds; the JAX steps block on their outputs
+      calls = {
+        b: lambda c=c, a=(params, velocity, batch): jax.block_until_ready(c(*a))
+        for b, c in compiled.items()
+      }
+      t = interleaved_calls({**calls, "torch": torch_step}, rounds=args.rounds)
+      lax_s, ours, theirs = t["lax"], t["jaxconv"], t["torch"]
+      print(
+        f"{name:>8}  {lax_s * 1e3:9.1f}  {ours * 1e3:10.1f}  {theirs * 1e3:9.1f}  "
+        f"{lax_s / ours:5.2f}x  {theirs / ours:6.2f}x  {text}"
+      )
     if not agree:
       print(f"  losses differ beyond 1e-3: {losses}")
       return 1
