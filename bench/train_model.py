@@ -21,13 +21,14 @@ backward, update) is timed in the same interleaved rounds as the two JAX steps
 (`interleaved_calls`); ``torch ms`` is its median and ``x torch`` is torch ms / jaxconv ms (above 1:
 jaxconv is faster). Without PyTorch these columns are skipped.
 
-  python bench/train_model.py [--models resnet,unet] [--rounds 7]
+  python bench/train_model.py [--models resnet,unet] [--rounds 7] [--tune]
   /tmp/torchvenv/bin/python bench/train_model.py  # with PyTorch installed next to jaxconv
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet,unet")
   parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument(
+    "--tune", action="store_true", help="measure the jaxconv step's convolutions first (cached)"
+  )
   args = parser.parse_args(argv)
   print(
     f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
@@ -313,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     velocity = jax.tree.map(jnp.zeros_like, params)
     batch = make_batch(jax.random.key(1))
     steps = {b: _step(loss, b) for b in BACKENDS}
+    if args.tune:  # fills the tuning cache; later runs reuse it
+      table = jaxconv.tune(steps["jaxconv"], params, velocity, batch)
+      chosen = collections.Counter(row.algorithm for row in table)
+      print(f"  {name}: {len(table)} convolutions tuned, running {dict(chosen)}")
     compiled = {b: jax.jit(s).lower(params, velocity, batch).compile() for b, s in steps.items()}
     losses = {}
     for b, run in compiled.items():
