@@ -82,8 +82,13 @@ ENV_KEYS = (
 )
 
 
-def conv_fn(shape: Shape, algorithm: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def conv_fn(
+  shape: Shape, algorithm: str, *, train: bool = False
+) -> Callable[..., jax.Array | tuple[jax.Array, ...]]:
   """The convolution of `shape` by `algorithm` ("lax" is `jax.lax` itself), at precision HIGHEST.
+
+  With `train`, its training step instead: ``(x, k, dy) -> (y, dx, dk)``, the forward by
+  `algorithm` and both gradients by what jaxconv's primitive picks for them (lax's own for lax).
 
   Example:
     >>> from jaxconv._shapes import by_name
@@ -94,17 +99,48 @@ def conv_fn(shape: Shape, algorithm: str) -> Callable[[jax.Array, jax.Array], ja
   """
   kw = shape.kwargs()
   if algorithm == "lax":
-    return lambda x, k: lax.conv_general_dilated(x, k, **kw, precision=HIGHEST)
-  return lambda x, k: jaxconv.conv_general_dilated(
-    x, k, **kw, precision=HIGHEST, algorithm=algorithm
-  )
+    conv = lambda x, k: lax.conv_general_dilated(x, k, **kw, precision=HIGHEST)
+  else:
+    conv = lambda x, k: jaxconv.conv_general_dilated(
+      x, k, **kw, precision=HIGHEST, algorithm=algorithm
+    )
+  if not train:
+    return conv
+
+  def step(x: jax.Array, k: jax.Array, dy: jax.Array) -> tuple[jax.Array, ...]:
+    y, pullback = jax.vjp(conv, x, k)
+    return (y, *pullback(dy))
+
+  return step
 
 
-def reference(shape: Shape, x: np.ndarray, k: np.ndarray) -> np.ndarray:
+def what_ran(fn: Callable[..., Any], *args: Any) -> str:
+  """The algorithms of `fn`'s convolutions in jaxpr order, e.g. 'winograd/wgrad/winograd'.
+
+  Example:
+    >>> from jaxconv._shapes import by_name
+    >>> s = by_name("tiny")
+    >>> x, k = s.arrays()
+    >>> what_ran(conv_fn(s, "lax", train=True), x, k, conv_fn(s, "lax")(x, k))
+    'lax/lax/lax'
+  """
+  names = []
+  for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
+    if eqn.primitive.name == "jaxconv_conv":
+      names.append(eqn.params["algorithm"])
+    elif eqn.primitive.name == "conv_general_dilated":
+      names.append("lax")
+  return "/".join(names)
+
+
+def reference(
+  shape: Shape, x: np.ndarray, k: np.ndarray, dy: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, ...]:
   """The convolution in float64 (lax under `jax.enable_x64`) of the given, already rounded inputs.
 
   Computed channels-last, with 1-D layers lifted to 2-D by a unit axis: XLA's CPU float64 1-D
-  convolution runs about 25x slower than the same convolution in 2-D.
+  convolution runs about 25x slower than the same convolution in 2-D. Given an output gradient
+  `dy`, the training step's ``(y, dx, dk)`` instead, by lax's own gradients in float64.
 
   Example:
     >>> from jaxconv._shapes import by_name
@@ -114,34 +150,36 @@ def reference(shape: Shape, x: np.ndarray, k: np.ndarray) -> np.ndarray:
   """
   lay_in, lay_k, lay_out = shape.layout
   spatial = lambda lay, skip: [i for i, c in enumerate(lay) if c not in skip]
-  x64 = np.asarray(x).astype(np.float64)
-  k64 = np.asarray(k).astype(np.float64)
-  x64 = x64.transpose([lay_in.index("N"), *spatial(lay_in, "NC"), lay_in.index("C")])
-  k64 = k64.transpose([*spatial(lay_k, "IO"), lay_k.index("I"), lay_k.index("O")])
+  to_in = [lay_in.index("N"), *spatial(lay_in, "NC"), lay_in.index("C")]
+  to_k = [*spatial(lay_k, "IO"), lay_k.index("I"), lay_k.index("O")]
+  to_out = [lay_out.index("N"), *spatial(lay_out, "NC"), lay_out.index("C")]
   strides, pads = tuple(shape.strides), shape.padding
   if isinstance(pads, str):
-    pads = lax.padtype_to_pads(x64.shape[1:-1], k64.shape[:-2], strides, pads)
+    in_spatial = [np.shape(x)[i] for i in spatial(lay_in, "NC")]
+    pads = lax.padtype_to_pads(in_spatial, [np.shape(k)[i] for i in to_k[:-2]], strides, pads)
   pads = [tuple(p) for p in pads]
   lifted = len(strides) == 1
   if lifted:
-    x64, k64, strides, pads = x64[:, None], k64[None], (1, *strides), [(0, 0), *pads]
+    strides, pads = (1, *strides), [(0, 0), *pads]
   letters = "DHW"[-len(strides) :]
   dn = (f"N{letters}C", f"{letters}IO", f"N{letters}C")
-  with jax.enable_x64(True):
+
+  def conv(a: jax.Array, b: jax.Array) -> jax.Array:  # user layouts in and out
+    a, b = a.transpose(to_in), b.transpose(to_k)
+    if lifted:
+      a, b = a[:, None], b[None]
     out = lax.conv_general_dilated(
-      x64,
-      k64,
-      strides,
-      pads,
-      dimension_numbers=dn,
-      feature_group_count=shape.groups,
-      precision=HIGHEST,
+      a, b, strides, pads, dimension_numbers=dn, feature_group_count=shape.groups, precision=HIGHEST
     )
-    out = np.asarray(out)
-  if lifted:
-    out = out[:, 0]
-  order = [lay_out.index("N"), *spatial(lay_out, "NC"), lay_out.index("C")]
-  return out.transpose(np.argsort(order))
+    return (out[:, 0] if lifted else out).transpose(np.argsort(to_out))
+
+  with jax.enable_x64(True):
+    x64, k64 = (jnp.asarray(np.asarray(a).astype(np.float64)) for a in (x, k))
+    if dy is None:
+      return np.asarray(jax.jit(conv)(x64, k64))
+    y, pullback = jax.vjp(conv, x64, k64)
+    grads = pullback(jnp.asarray(np.asarray(dy).astype(np.float64)))
+    return tuple(np.asarray(a) for a in (y, *grads))
 
 
 def _best_of(fn: Callable[[], Any], repeats: int) -> float:
@@ -266,14 +304,23 @@ def bench_shape(
   rounds: int,
   min_round_s: float,
   gemm_rate: float,
+  train: bool = False,
 ) -> dict:
-  """Times lax and `algorithms` on one layer and measures their errors; one JSON-ready record."""
+  """Times lax and `algorithms` on one layer and measures their errors; one JSON-ready record.
+
+  With `train`, each is timed on the layer's training step (`conv_fn`), FLOPs count the forward
+  and both gradients (3x the forward's), and the error is the largest of the three results'.
+  """
   start = time.perf_counter()
   x_np, k_np = shape.arrays()
-  ref = reference(shape, x_np, k_np)
-  x, k = jax.device_put(x_np), jax.device_put(k_np)
   structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x_np, k_np)]
   auto = jaxconv.plan(*structs, **shape.kwargs(), precision=HIGHEST)
+  arrays = [x_np, k_np]
+  if train:
+    dy = np.random.default_rng(1).standard_normal(auto.out_shape, np.float32)
+    arrays.append(dy.astype(x_np.dtype))
+  ref = reference(shape, *arrays)
+  args = [jax.device_put(a) for a in arrays]
   results: dict[str, dict] = {}
   runs: dict[tuple, str] = {("lax", None): "lax"}  # what runs -> the name it is timed under
   keys: dict[str, tuple] = {"lax": ("lax", None)}
@@ -289,10 +336,15 @@ def bench_shape(
     if a in keys and runs[keys[a]] in ("auto", "winograd") and a not in ("auto", "winograd"):
       runs[keys[a]] = a
   names = list(runs.values())
-  fns = [conv_fn(shape, n) for n in names]
-  times = dict(zip(names, interleaved_medians(fns, [x, k], rounds=rounds, min_round_s=min_round_s)))
-  errors = {n: rel_error(jax.jit(f)(x, k), ref) for n, f in zip(names, fns)}
-  flops = auto.flops
+  fns = [conv_fn(shape, n, train=train) for n in names]
+  times = dict(zip(names, interleaved_medians(fns, args, rounds=rounds, min_round_s=min_round_s)))
+  if train:
+    errors = {
+      n: max(rel_error(a, b) for a, b in zip(jax.jit(f)(*args), ref)) for n, f in zip(names, fns)
+    }
+  else:
+    errors = {n: rel_error(jax.jit(f)(*args), ref) for n, f in zip(names, fns)}
+  flops = auto.flops * (3 if train else 1)
   for a in ["lax", *algorithms]:
     if a in results:
       continue
@@ -310,15 +362,22 @@ def bench_shape(
     }
     if ran != a:
       r["same_as"] = ran
+    if train:
+      r["ran"] = what_ran(fns[names.index(ran)], *args)
     results[a] = r
-  del x, k
+  del args
+  label = results["auto"]["ran"] if train and "ran" in results.get("auto", {}) else None
   return {
     "name": shape.name,
     "describe": shape.describe(),
     "shape": shape.as_dict(),
     "flops": flops,
     "out_shape": list(auto.out_shape),
-    "auto": {"algorithm": auto.algorithm, "label": _auto_label(auto), "reason": auto.reason},
+    "auto": {
+      "algorithm": auto.algorithm,
+      "label": label or _auto_label(auto),
+      "reason": auto.reason,
+    },
     "results": results,
     "wall_s": time.perf_counter() - start,
   }
@@ -334,6 +393,7 @@ def run(
   copy_mib: int = 256,
   progress: bool | None = None,
   command: str = "",
+  train: bool = False,
 ) -> dict:
   """Benchmarks `shapes`; returns the JSON-ready record (machine, rates, per-shape results).
 
@@ -346,6 +406,7 @@ def run(
     copy_mib: MiB of the array that measures memory bandwidth.
     progress: show a progress bar on stderr (None: only on a terminal).
     command: the command line, recorded as is.
+    train: time each layer's training step (forward, input and kernel gradients) instead.
 
   Example:
     >>> from jaxconv._shapes import select
@@ -372,7 +433,9 @@ def run(
     if bar is not None:
       bar.set_description(s.name)
     records.append(
-      bench_shape(s, algorithms, rounds=rounds, min_round_s=min_round_s, gemm_rate=gemm)
+      bench_shape(
+        s, algorithms, rounds=rounds, min_round_s=min_round_s, gemm_rate=gemm, train=train
+      )
     )
     if bar is not None:
       bar.update()
@@ -390,7 +453,12 @@ def run(
       "fresh_buffer_bytes_s": fresh,
       "copy_mib": copy_mib,
     },
-    "settings": {"algorithms": list(algorithms), "rounds": rounds, "min_round_s": min_round_s},
+    "settings": {
+      "algorithms": list(algorithms),
+      "rounds": rounds,
+      "min_round_s": min_round_s,
+      "train": train,
+    },
     "wall_s": time.perf_counter() - start,
     "shapes": records,
   }
@@ -403,7 +471,7 @@ def ynn_fusions_on(flags: str | None = None) -> bool:
 
 
 def lax_other_setting(
-  shapes: Sequence[Shape], *, rounds: int, min_round_s: float
+  shapes: Sequence[Shape], *, rounds: int, min_round_s: float, train: bool = False
 ) -> tuple[dict[str, float], bool]:
   """lax's median ms per shape, timed in a child process with YNNPACK fusions switched over.
 
@@ -436,6 +504,7 @@ def lax_other_setting(
       "256",
       "--copy-mib",
       "8",
+      *(["--train"] if train else []),
     ]
     env = {**os.environ, "XLA_FLAGS": shlex.join(flags)}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -525,6 +594,11 @@ def format_tables(record: dict, *, markdown: bool = False) -> str:
     rows.append(row)
     err_rows.append(errs)
   note = "speedup x = lax ms / algorithm ms; GF/s = direct-convolution FLOPs / time"
+  if record["settings"].get("train"):
+    note = (
+      "training steps (forward, input and kernel gradients; auto picks: what ran for the three); "
+      + note.replace("FLOPs", "FLOPs of all three")
+    )
   if best_lax:
     note += (
       "; x best = the faster lax (this process or a child with YNNPACK fusions "
@@ -715,6 +789,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     action="store_true",
     help="on CPU, skip timing lax in a child process with the other YNNPACK setting",
   )
+  p.add_argument(
+    "--train",
+    action="store_true",
+    help="time each layer's training step: forward, input and kernel gradients",
+  )
   p.add_argument("--list", action="store_true", help="list the shape table and exit")
   p.add_argument("--gemm-n", type=int, default=2048, help="size of the GEMM-rate probe")
   p.add_argument("--copy-mib", type=int, default=256, help="MiB of the bandwidth probe")
@@ -756,9 +835,12 @@ def main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     copy_mib=args.copy_mib,
     progress=False if args.no_progress else None,
     command=shlex.join(["jaxconv", *argv]),
+    train=args.train,
   )
   if not args.no_best_lax and record["machine"]["backend"] == "cpu":
-    other, on = lax_other_setting(shapes, rounds=args.rounds, min_round_s=args.min_round_s)
+    other, on = lax_other_setting(
+      shapes, rounds=args.rounds, min_round_s=args.min_round_s, train=args.train
+    )
     add_best_lax(record, other, on)
   print(format_tables(record))
   paths = write(record, Path(args.out), with_figures=not args.no_figures)

@@ -2,7 +2,8 @@
 
 The directory is ``$JAXCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxconv``, else
 ``~/.cache/jaxconv``. A measurement is only valid where it was taken, so each file belongs to one
-*device key*: jaxconv, jax and jaxlib versions, the backend and device kind, the CPU threads XLA may
+*device key*: jaxconv, jax and jaxlib versions, a digest of jaxconv's own source (a changed
+algorithm is measured afresh, release or not), the backend and device kind, the CPU threads XLA may
 use and the XLA flags that change what is measured. Its name is ``<backend>-<hash of the key>.json``
 and it records the key in full. Inside, entries are keyed by the normalised geometry (shapes,
 layouts, strides, padding, dilations, groups, dtypes, precision).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -66,6 +68,15 @@ def _measured_flags() -> list[str]:
   return sorted(f for f in flags if not f.startswith(_NEUTRAL_FLAG_PREFIXES))
 
 
+@functools.cache
+def source_digest() -> str:
+  """A digest of the jaxconv package's Python sources: what its algorithms' speed depends on."""
+  digest = hashlib.sha256()
+  for path in sorted(Path(__file__).parent.glob("*.py")):
+    digest.update(path.name.encode() + b"\0" + path.read_bytes())
+  return digest.hexdigest()[:16]
+
+
 def device_key(backend: str, device_kind: str) -> dict:
   """What a measurement depends on besides the geometry: versions, device, threads, flags."""
   import jax
@@ -75,6 +86,7 @@ def device_key(backend: str, device_kind: str) -> dict:
 
   return {
     "jaxconv": __version__,
+    "source": source_digest(),
     "jax": jax.__version__,
     "jaxlib": jaxlib.__version__,
     "backend": backend,

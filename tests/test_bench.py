@@ -89,6 +89,41 @@ def test_reference_matches_lax_in_float64_for_any_layout():
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-12, atol=1e-12)
 
 
+def test_reference_of_a_training_step_matches_lax_gradients_in_float64():
+  s = Shape("ncw", (2, 6, 9), (4, 3, 3), (2,), "SAME", 2, ("NCW", "OIW", "NCW"))
+  x, k = s.arrays()
+  with jax.enable_x64(True):
+    conv = lambda a, b: lax.conv_general_dilated(a, b, **s.kwargs(), precision="highest")
+    y, pullback = jax.vjp(conv, x.astype(np.float64), k.astype(np.float64))
+    dy = np.random.default_rng(0).standard_normal(y.shape)
+    want = (y, *pullback(dy))
+  got = _bench.reference(s, x, k, dy.astype(np.float32))
+  for a, b in zip(got, want, strict=True):
+    assert a.dtype == np.float64
+    np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_cli_bench_train(tmp_path, capsys):
+  out = tmp_path / "train"
+  args = _bench_args(out, "--no-figures", "--no-best-lax", "--train")
+  args[args.index("auto,im2col,winograd,winograd2")] = "auto,im2col"
+  assert main(args) == 0
+  assert "training steps" in capsys.readouterr().out
+  record = json.loads((out / "bench.json").read_text())
+  assert record["settings"]["train"] is True
+  (layer,) = record["shapes"]
+  forward = jaxconv.plan(
+    *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in by_name("tiny-wide").arrays()),
+    **by_name("tiny-wide").kwargs(),
+  ).flops
+  assert layer["flops"] == 3 * forward
+  res = layer["results"]
+  assert res["lax"]["ran"] == "lax/lax/lax"
+  assert res["im2col"]["ran"].startswith("im2col/") and res["im2col"]["ran"].count("/") == 2
+  for name, r in res.items():
+    assert r["ms"] > 0 and r["error"] < 1e-5, name
+
+
 def _bench_args(out, *extra):
   return [
     "bench",
