@@ -10,9 +10,9 @@ import time
 import jax
 import numpy as np
 
-from jaxconv import _cache, _tune
+from jaxconv import _autodiff, _cache, _tune
 from jaxconv._bench import add_selection, selected_shapes
-from jaxconv._geometry import normalize
+from jaxconv._geometry import ConvGeometry, normalize
 from jaxconv._select import choose, measurable
 
 __all__ = ["add_arguments", "main"]
@@ -27,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     choices=("highest", "default"),
     help="the precision to tune at (default: highest, as `jaxconv bench` times; a model that "
     "passes no precision runs at default, another cache entry)",
+  )
+  p.add_argument(
+    "--train",
+    action="store_true",
+    help="also the gradients' convolutions of each layer's training step (as bench --train runs)",
   )
   p.add_argument("--force", action="store_true", help="measure again what the cache already has")
   p.add_argument("--show", action="store_true", help="list the cache files and their entries")
@@ -57,6 +62,23 @@ def _show() -> int:
   return 0
 
 
+def _gradients(g: ConvGeometry) -> list[tuple[str, ConvGeometry]]:
+  """The convolutions of the layer `g`'s input and kernel gradients, as its VJP binds them."""
+  x, k = (jax.ShapeDtypeStruct(a, g.dtype) for a in (g.lhs_shape, g.rhs_shape))
+  dy = jax.ShapeDtypeStruct(g.out_shape, g.out_dtype)
+
+  def grads(x, k, dy):
+    return jax.vjp(lambda a, b: _autodiff.conv(a, b, g, "lax", None), x, k)[1](dy)
+
+  found = []
+  for eqn in jax.make_jaxpr(grads)(x, k, dy).jaxpr.eqns:
+    if eqn.primitive.name == "jaxconv_conv" and eqn.params["geometry"] != g:  # not the forward
+      grad = eqn.params["geometry"]
+      role = "kernel gradient" if grad.out_shape == g.rhs_shape else "input gradient"
+      found.append((role, grad))
+  return found
+
+
 def main(args: argparse.Namespace) -> int:
   """Runs `jaxconv tune` with parsed `args`."""
   if args.clear:
@@ -71,9 +93,14 @@ def main(args: argparse.Namespace) -> int:
   precision = None if args.precision == "default" else args.precision
   costs, compiles = [], []
   start = time.perf_counter()
+  items = []
   for s in shapes:
     structs = [jax.ShapeDtypeStruct(a, np.dtype(s.dtype)) for a in (s.lhs, s.rhs)]
     g = normalize(*structs, **s.kwargs(), precision=precision)
+    items.append((s.name, g))
+    if args.train:
+      items += [(f"{s.name} {role}", grad) for role, grad in _gradients(g)]
+  for name, g in items:
     cached = _tune.lookup(g) is not None and not args.force
     if measurable(g) and not cached:
       entry = _tune.measure(g)
@@ -84,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
       cost = "not measured"
     else:
       cost = "cached" if cached else f"tuned in {costs[-1]:.2f} s"
-    print(f"{s.name:<24} {plan.label:<10} {cost:<16} {plan.reason}")
+    print(f"{name:<24} {plan.label:<10} {cost:<16} {plan.reason}")
     sys.stdout.flush()
   if costs:
     print(

@@ -304,3 +304,18 @@ def test_cli_tune_fills_shows_and_clears_the_cache(capsys, monkeypatch):
   assert main(["tune", "--clear"]) == 0
   assert "removed 1 cache file" in capsys.readouterr().out
   assert not _cache.files()
+
+
+def test_cli_tune_train_measures_the_gradients_convolutions_too(capsys, monkeypatch):
+  from jaxconv._cli import main
+
+  monkeypatch.setattr(_tune, "_default_timer", FakeTimer())
+  assert main(["tune", "--train", "--shapes", "seed"]) == 0
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed")]
+  assert [line.split("  ")[0] for line in lines] == [
+    "seed",
+    "seed kernel gradient",
+    "seed input gradient",
+  ]
+  assert all("tuned in" in line for line in lines), lines
+  assert main(["tune", "--clear"]) == 0
