@@ -2,7 +2,7 @@
 
 The directory is ``$JAXCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxconv``, else
 ``~/.cache/jaxconv``. A measurement is only valid where it was taken, so each file belongs to one
-*device key*: jaxconv, jax and jaxlib versions, a digest of jaxconv's own source (a changed
+*device key*: jaxconv, jax and jaxlib versions, a digest of the algorithms' source (a changed
 algorithm is measured afresh, release or not), the backend and device kind, the CPU threads XLA may
 use and the XLA flags that change what is measured. Its name is ``<backend>-<hash of the key>.json``
 and it records the key in full. Inside, entries are keyed by the normalised geometry (shapes,
@@ -70,10 +70,25 @@ def _measured_flags() -> list[str]:
 
 @functools.cache
 def source_digest() -> str:
-  """A digest of the jaxconv package's Python sources: what its algorithms' speed depends on."""
+  """A digest of the source of jaxconv's algorithms: the registry's modules and what they import.
+
+  Benchmarks, command line and cache code are left out: changing them changes no measurement.
+  """
+  from jaxconv._registry import REGISTRY
+
+  here = Path(__file__).parent
+  todo = sorted({type(a).__module__.rsplit(".", 1)[-1] for a in REGISTRY})
+  seen: set[str] = set()
   digest = hashlib.sha256()
-  for path in sorted(Path(__file__).parent.glob("*.py")):
-    digest.update(path.name.encode() + b"\0" + path.read_bytes())
+  while todo:
+    name = todo.pop()
+    if name in seen or not (here / f"{name}.py").exists():
+      continue
+    seen.add(name)
+    text = (here / f"{name}.py").read_bytes()
+    digest.update(name.encode() + b"\0" + text)
+    todo += re.findall(rb"^\s*from jaxconv\.(\w+) import", text, re.MULTILINE)
+    todo = [t.decode() if isinstance(t, bytes) else t for t in todo]
   return digest.hexdigest()[:16]
 
 
