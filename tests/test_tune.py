@@ -93,6 +93,19 @@ def test_decide_takes_the_fastest_that_beats_lax_by_the_margin(measured):
   assert _decide(entry, {"im2col": 0.401})[0] == "im2col"
 
 
+def test_decide_charges_temporaries_on_cpu(measured):
+  entry, _ = measured
+  assert entry["backend"] == "cpu" and entry["temp_bytes"]["winograd4"] > 0
+  # Temporaries worth 0.7 s at the fresh-memory rate make winograd4 (0.4 s) slower than lax (1 s).
+  heavy = {
+    **entry,
+    "temp_bytes": {**entry["temp_bytes"], "winograd4": 0.7 * _tune.FRESH_BYTES_RATE},
+  }
+  label, _ = _decide(heavy)
+  assert label == "winograd2", label
+  assert _decide({**heavy, "backend": "gpu"})[0] == "winograd4"  # device allocators reuse memory
+
+
 def test_decide_drops_candidates_beyond_their_tolerance(measured):
   entry, _ = measured
   label, reason = _decide(entry, errors={"winograd4": 1e-2})
