@@ -27,6 +27,7 @@ from jax import lax
 
 import jaxconv
 from jaxconv import _api
+from jaxconv._bench import what_ran
 from jaxconv._timing import interleaved_medians
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -62,17 +63,6 @@ def _step(conv):
   return step
 
 
-def _what_ran(step, x, w, ct) -> str:
-  """The algorithms of the step's convolutions, in jaxpr order, e.g. 'winograd/lax/im2col'."""
-  names = []
-  for eqn in jax.make_jaxpr(step)(x, w, ct).jaxpr.eqns:
-    if eqn.primitive.name == "jaxconv_conv":
-      names.append(eqn.params["algorithm"])
-    elif eqn.primitive.name == "conv_general_dilated":
-      names.append("lax")
-  return "/".join(names)
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=8)
@@ -98,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     times = interleaved_medians(fns, [x, w, ct], rounds=args.rounds)
     layer = f"{size}x{size}x{c}->{c}"
     for (name, f), t in zip(variants, times[1:]):
-      ran = _what_ran(f, x, w, ct) if "through" not in name else "(autodiff)"
+      ran = what_ran(f, x, w, ct) if "through" not in name else "(autodiff)"
       ratio = times[0] / t
       print(f"{layer:<22}{name:<22}{ran:<26}{1e3 * times[0]:>9.1f}{1e3 * t:>9.1f}{ratio:>8.2f}")
       rows.append(

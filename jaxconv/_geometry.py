@@ -35,6 +35,7 @@ __all__ = [
   "ConvGeometry",
   "PaddingError",
   "RankError",
+  "grouped_input",
   "grouped_operands",
   "normalize",
   "renormalize",
@@ -252,11 +253,15 @@ def grouped_operands(
     group-major.
   """
   fgc, bgc = g.feature_group_count, g.batch_group_count
-  x = jnp.transpose(lhs, g.lhs_to_channels_last).astype(dtype)
   w = jnp.transpose(rhs, g.rhs_to_channels_last).astype(dtype)
   w = w.reshape(*g.kernel, g.group_in_features, fgc, bgc, g.out_features // (fgc * bgc))
-  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
-  return x, w
+  return grouped_input(lhs, g, dtype), w
+
+
+def grouped_input(lhs: jax.Array, g: ConvGeometry, dtype: Any) -> jax.Array:
+  """The input of `grouped_operands` alone: ``(N / B, B, *spatial, C)``."""
+  x = jnp.transpose(lhs, g.lhs_to_channels_last).astype(dtype)
+  return x.reshape(g.batch_group_count, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
 
 
 def _int_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:

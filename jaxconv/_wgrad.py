@@ -41,7 +41,7 @@ from jax import lax
 
 from jaxconv._algorithm import Algorithm
 from jaxconv._autodiff import _swap01
-from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._geometry import ConvGeometry, grouped_input, normalize
 from jaxconv._loops import sum_blocks
 from jaxconv._winograd import (
   AUTO_TILES,
@@ -295,8 +295,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
   if math.prod(x.shape) == 0 or math.prod(dy.shape) == 0:
     return jnp.zeros(g.rhs_shape, wdt)
   fgc, bgc = g.feature_group_count, g.batch_group_count
-  x = jnp.transpose(x, g.lhs_to_channels_last).astype(wdt)
-  x = x.reshape(bgc, g.out_batch, *g.in_spatial, g.in_features).swapaxes(0, 1)
+  x = grouped_input(x, g, wdt)
   dy = jnp.transpose(dy, np.argsort(g.channels_last_to_out)).astype(wdt)  # (E, *out, O)
   out = g.out_spatial
   axes = [_phases(k, o, s, d) for k, o, s, d in zip(g.kernel, out, g.strides, g.rhs_dilation)]

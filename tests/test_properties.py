@@ -140,3 +140,30 @@ def test_direct_matches_lax(call):
 @given(conv_calls())
 def test_auto_matches_lax(call):
   _check("auto", *call)
+
+
+@given(conv_calls(float_only=True, ranks=(1, 2, 3)))
+def test_wgrad_matches_lax_kernel_gradient(call):
+  # The kernel gradient in the Winograd domain of every forward layer Winograd can run.
+  from jaxconv._wgrad import kernel_gradient
+
+  lhs, rhs, kwargs = call
+  try:
+    ref_y, pullback = jax.vjp(lambda w: lax.conv_general_dilated(lhs, w, **kwargs), rhs)
+  except Exception:  # lax rejects the layer: nothing to differentiate
+    assume(False)
+  try:
+    g = jaxconv.plan(lhs, rhs, **kwargs, algorithm="winograd4").geometry
+  except NotImplementedError:
+    event("winograd cannot")
+    assume(False)
+  assume(max(g.lhs_dilation, default=1) == 1)
+  event("compared with lax")
+  rng = np.random.default_rng(0)
+  dy = random_array(rng, ref_y.shape, ref_y.dtype)
+  (want,) = pullback(dy)
+  got = jax.jit(lambda x, d: kernel_gradient(x, d, g, (4,) * g.ndim))(lhs, dy)
+  assert got.shape == want.shape
+  dtype = np.dtype(want.dtype)
+  tol = TOLERANCE[dtype] * 10 if dtype.itemsize >= 4 else TOLERANCE[dtype] * 40
+  assert rel_err(got.astype(want.dtype), want) <= tol
