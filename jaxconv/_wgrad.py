@@ -58,7 +58,12 @@ from jaxconv._winograd import (
   work_dtype,
 )
 
-__all__ = ["WGRAD"]
+__all__ = ["WGRAD", "kernel_gradient"]
+
+# Transformed input and output gradient are made and consumed in blocks of at most this many bytes.
+# Measured (ResNet-50 layers, batch 8, F(4,3), 2 cores): 56x56x64 ran 21.5 ms in one 29 MB piece,
+# 6.3-7.8 ms in blocks of 14 or 7 MB; 28x28x128 3.6 ms in one 14 MB piece, 3.0 ms in 3.6 MB blocks.
+BLOCK_BYTES = 8 << 20
 
 # `auto`'s model: the forward's three terms (`jaxconv._winograd`), with the rate of these GEMMs,
 # whose sum runs over all examples and tiles. Fitted to ResNet-50's stride-1 3x3 layers at batch 8
@@ -183,11 +188,6 @@ class Wgrad(Algorithm):
 
 
 WGRAD = Wgrad()
-
-# Transformed input and output gradient are made and consumed in blocks of at most this many bytes.
-# Measured (ResNet-50 layers, batch 8, F(4,3), 2 cores): 56x56x64 ran 21.5 ms in one 29 MB piece,
-# 6.3-7.8 ms in blocks of 14 or 7 MB; 28x28x128 3.6 ms in one 14 MB piece, 3.0 ms in 3.6 MB blocks.
-BLOCK_BYTES = 8 << 20
 
 
 def _stride1(
