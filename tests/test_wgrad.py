@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -105,3 +107,32 @@ def test_wgrad_in_blocks_of_examples_and_tile_rows(monkeypatch, budget, strides)
   got = jax.jit(lambda x, dy: _wgrad.kernel_gradient(x, dy, g, (4, 4)))(x, dy)
   err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
   assert err < 1e-5, err
+
+
+@pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
+def test_wgrad_and_its_derivatives_lower_for_cuda(name, lhs_shape, rhs_shape, kwargs):
+  kwargs = dict(kwargs, precision=HIGHEST)
+  if len(lhs_shape) == 4 and "dimension_numbers" not in kwargs:
+    kwargs["dimension_numbers"] = ("NHWC", "HWIO", "NHWC")
+  x, w = jnp.ones(lhs_shape, jnp.float32), jnp.ones(rhs_shape, jnp.float32)
+  lowered = 0
+  for la, ra, p in _lax_vjp_convs(x, w, kwargs):
+    call = {k: p[k] for k in ("window_strides", "padding", "lhs_dilation", "rhs_dilation")}
+    call.update(
+      dimension_numbers=p["dimension_numbers"],
+      feature_group_count=p["feature_group_count"],
+      batch_group_count=p["batch_group_count"],
+      precision=HIGHEST,
+    )
+    try:
+      jaxconv.plan(la, ra, **call, algorithm="wgrad4")
+    except NotImplementedError:
+      continue
+    f = functools.partial(jaxconv.conv_general_dilated, **call, algorithm="wgrad4")
+    a, b = jnp.ones(la.shape, la.dtype), jnp.ones(ra.shape, ra.dtype)
+    grad = jax.grad(lambda a, b, f=f: jnp.sum(f(a, b) ** 2), argnums=(0, 1))
+    for fn in (f, grad):
+      text = jax.jit(fn).trace(a, b).lower(lowering_platforms=("cuda",)).as_text()
+      assert "func.func public @main" in text
+    lowered += 1
+  assert lowered == 1
