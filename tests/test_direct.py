@@ -127,6 +127,13 @@ def _lax_vjp_convs(x, w, kwargs):
   return found
 
 
+def lax_call(params: dict) -> dict:
+  """`conv_general_dilated` keyword arguments of a convolution `_lax_vjp_convs` found."""
+  names = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers")
+  names += ("feature_group_count", "batch_group_count")
+  return {**{k: params[k] for k in names}, "precision": HIGHEST}
+
+
 @pytest.mark.parametrize(
   ("name", "lhs_shape", "rhs_shape", "kwargs"), [c for c in CASES if c[0] != "0d"], ids=IDS[:-1]
 )
@@ -139,16 +146,7 @@ def test_direct_runs_lax_gradient_geometries(name, lhs_shape, rhs_shape, kwargs)
       continue  # lax's own result is unreliable there (tests/test_regressions.py)
     rng = rng_for(f"{name}-{i}")
     a, b = rng.standard_normal(la.shape), rng.standard_normal(ra.shape)
-    call = dict(
-      window_strides=p["window_strides"],
-      padding=p["padding"],
-      lhs_dilation=p["lhs_dilation"],
-      rhs_dilation=p["rhs_dilation"],
-      dimension_numbers=p["dimension_numbers"],
-      feature_group_count=p["feature_group_count"],
-      batch_group_count=p["batch_group_count"],
-      precision=HIGHEST,
-    )
+    call = lax_call(p)
     try:
       jaxconv.plan(a, b, **call, algorithm="direct")
     except NotImplementedError:

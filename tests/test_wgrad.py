@@ -10,7 +10,7 @@ import pytest
 
 import jaxconv
 from jaxconv import _wgrad
-from tests.test_direct import _lax_vjp_convs
+from tests.test_direct import _lax_vjp_convs, lax_call
 from tests.util import HIGHEST, check_against_lax, rng_for
 
 # (name, lhs shape, rhs shape, forward keyword arguments): forward layers Winograd can run.
@@ -43,13 +43,7 @@ def test_wgrad_computes_lax_kernel_gradients(name, lhs_shape, rhs_shape, kwargs,
   for i, (la, ra, p) in enumerate(_lax_vjp_convs(x, w, kwargs)):
     r = rng_for(f"{name}-{i}")
     a, b = r.standard_normal(la.shape).astype(dtype), r.standard_normal(ra.shape).astype(dtype)
-    call = {k: p[k] for k in ("window_strides", "padding", "lhs_dilation", "rhs_dilation")}
-    call.update(
-      dimension_numbers=p["dimension_numbers"],
-      feature_group_count=p["feature_group_count"],
-      batch_group_count=p["batch_group_count"],
-      precision=HIGHEST,
-    )
+    call = lax_call(p)
     try:
       jaxconv.plan(a, b, **call, algorithm=f"wgrad{m}")
     except NotImplementedError:
@@ -117,13 +111,7 @@ def test_wgrad_and_its_derivatives_lower_for_cuda(name, lhs_shape, rhs_shape, kw
   x, w = jnp.ones(lhs_shape, jnp.float32), jnp.ones(rhs_shape, jnp.float32)
   lowered = 0
   for la, ra, p in _lax_vjp_convs(x, w, kwargs):
-    call = {k: p[k] for k in ("window_strides", "padding", "lhs_dilation", "rhs_dilation")}
-    call.update(
-      dimension_numbers=p["dimension_numbers"],
-      feature_group_count=p["feature_group_count"],
-      batch_group_count=p["batch_group_count"],
-      precision=HIGHEST,
-    )
+    call = lax_call(p)
     try:
       jaxconv.plan(la, ra, **call, algorithm="wgrad4")
     except NotImplementedError:
