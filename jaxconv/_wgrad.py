@@ -67,7 +67,7 @@ BLOCK_BYTES = 8 << 20
 
 # `auto`'s model: the forward's three terms (`jaxconv._winograd`), with the rate of these GEMMs,
 # whose sum runs over all examples and tiles. Fitted to ResNet-50's stride-1 3x3 layers at batch 8
-# (F(2,3) and F(4,3), 2 cores): within 0.6-1.7x of the measured 3.3-14.9 ms, right tile for 3 of 4.
+# (F(2,3) and F(4,3), 2 cores): within 0.8-1.7x of the measured 3.3-14.9 ms, right tile for 3 of 4.
 GEMM_RATE = 300e9
 
 
