@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--min-round-s", type=float, default=0.05)
   parser.add_argument("--train", action="store_true", help="forward and both gradients")
+  parser.add_argument(
+    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
+  )
   args = parser.parse_args(argv)
+  if args.keep_host_memory:
+    jaxconv.keep_host_memory()
   try:
     import torch
 
@@ -49,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
   print(
     f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
     f"torch {torch.__version__ if torch else 'not installed'}, "
-    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, {'training step' if args.train else 'forward'}"
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+    f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
+    f"{'training step' if args.train else 'forward'}"
   )
   header = ["layer", "torch ms", "lax ms", "jaxconv ms", "x lax", "x torch", "auto runs"]
   print("  ".join(f"{h:>12}" for h in header))

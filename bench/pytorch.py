@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--min-round-s", type=float, default=0.05)
   parser.add_argument("--train", action="store_true", help="forward and both gradients")
+  parser.add_argument(
+    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
+  )
   args = parser.parse_args(argv)
+  if args.keep_host_memory:
+    jaxconv.keep_host_memory()
   try:
     import torch
   except ImportError:
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
   print(
     f"torch {torch.__version__} ({threads} threads), jax {jax.__version__}, jaxconv "
     f"{jaxconv.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+    f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
     f"{'training step (forward and both gradients)' if args.train else 'forward'}"
   )
   gemm, (bandwidth, _) = _bench.measure_gemm(), _bench.measure_bandwidth()

@@ -292,10 +292,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--tune", action="store_true", help="measure the jaxconv step's convolutions first (cached)"
   )
+  parser.add_argument(
+    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
+  )
   args = parser.parse_args(argv)
+  if args.keep_host_memory:
+    jaxconv.keep_host_memory()
   print(
     f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
-    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, one SGD-momentum step per call"
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+    f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
+    "one SGD-momentum step per call"
   )
   if torch is None:
     print("PyTorch is not installed in this environment: its columns are skipped")

@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
   parser.add_argument("--through", action="store_true", help="also time autodiff-through steps")
   parser.add_argument("--json", help="write the results to this file")
+  parser.add_argument(
+    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
+  )
   args = parser.parse_args(argv)
+  if args.keep_host_memory:
+    jaxconv.keep_host_memory()
 
   rng = np.random.default_rng(0)
   rows = []

@@ -9,6 +9,8 @@ from jaxconv._api import conv_general_dilated as conv_general_dilated
 from jaxconv._api import conv_transpose as conv_transpose
 from jaxconv._api import plan as plan
 from jaxconv._geometry import ConvGeometry as ConvGeometry
+from jaxconv._host_memory import host_memory_kept as host_memory_kept
+from jaxconv._host_memory import keep_host_memory as keep_host_memory
 from jaxconv._im2col import patch_budget as patch_budget
 from jaxconv._im2col import set_patch_budget as set_patch_budget
 from jaxconv._intercept import use as use
@@ -41,6 +43,8 @@ __all__ = [
   "conv_transpose",
   "default_points",
   "flax",
+  "host_memory_kept",
+  "keep_host_memory",
   "patch_budget",
   "plan",
   "set_autotune",

@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 import jaxconv
+from jaxconv._host_memory import host_memory_kept
 from jaxconv._registry import REGISTRY
 from jaxconv._shapes import Shape, select
 from jaxconv._timing import interleaved_medians
@@ -267,6 +268,7 @@ def machine_info() -> dict:
     "device_kind": dev.device_kind,
     "environment": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
     "ynn_fusions": "on" if ynn_fusions_on() else "off",
+    "host_memory": "kept" if host_memory_kept() else "fresh",
     "jax": jax.__version__,
     "jaxconv": jaxconv.__version__,
     "jaxlib": _version("jaxlib"),
@@ -508,6 +510,7 @@ def lax_other_setting(
       "--copy-mib",
       "8",
       *(["--train"] if train else []),
+      *(["--keep-host-memory"] if host_memory_kept() else []),
     ]
     env = {**os.environ, "XLA_FLAGS": shlex.join(flags)}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -550,7 +553,7 @@ def _machine_lines(record: dict) -> list[str]:
   m, rates = record["machine"], record["rates"]
   return [
     f"machine: {m['cpu_model']}, {m['cpu_cores_available']} cores available; {m['backend']} "
-    f"device {m['device_kind']}; {m['platform']}",
+    f"device {m['device_kind']}; {m['platform']}; host memory {m.get('host_memory', 'fresh')}",
     f"versions: jaxconv {m['jaxconv']}, jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, "
     f"python {m['python']}",
     f"float32 GEMM ({rates['gemm_n']}^3, best of 7): {rates['gemm_flops'] / 1e9:.1f} GFLOP/s; "

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxconv._host_memory import host_memory_kept
+
 try:
   import fcntl
 except ImportError:  # pragma: no cover - Windows: atomic replace, but no lock between processes
@@ -93,7 +95,7 @@ def source_digest() -> str:
 
 
 def device_key(backend: str, device_kind: str) -> dict:
-  """What a measurement depends on besides the geometry: versions, device, threads, flags."""
+  """What a measurement depends on besides the geometry: versions, device, threads, flags, heap."""
   import jax
   import jaxlib
 
@@ -108,6 +110,7 @@ def device_key(backend: str, device_kind: str) -> dict:
     "device_kind": device_kind,
     "cpu_threads": _threads(),
     "xla_flags": _measured_flags(),
+    "host_memory": "kept" if host_memory_kept() else "fresh",
   }
 
 

@@ -43,7 +43,17 @@ def main(argv: list[str] | None = None) -> int:
   _bench.add_arguments(bench)
   _tune_cli.add_arguments(tune)
   _demo.add_arguments(demo)
+  for p in (bench, tune):
+    p.add_argument(
+      "--keep-host-memory",
+      action="store_true",
+      help="keep XLA:CPU's temporaries in the heap between runs (jaxconv.keep_host_memory)",
+    )
   args = parser.parse_args(argv)
+  if getattr(args, "keep_host_memory", False):
+    from jaxconv._host_memory import keep_host_memory
+
+    keep_host_memory()
   if args.command == "bench":
     return _bench.main(args, argv)
   if args.command == "tune":

@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxconv import _cache
 from jaxconv._geometry import ConvGeometry
+from jaxconv._host_memory import host_memory_kept
 from jaxconv._registry import REGISTRY, forced
 
 __all__ = [
@@ -78,7 +79,8 @@ PRUNE = 2.0  # after the first round, candidates this much slower than the faste
 # measured alone keeps its smaller temporaries in the heap, so on CPU `decide` charges each one its
 # temporaries at the rate of writes to fresh memory (`jaxconv bench` measures it: 6.3 GB/s here).
 # Measured on bench/train_model.py's models, tuned with and without the charge, interleaved: the
-# ResNet's step 1.24x lax with it and 1.20x without, the U-Net's 3.52x and 3.61x.
+# ResNet's step 1.24x lax with it and 1.20x without, the U-Net's 3.52x and 3.61x. A process that
+# keeps its temporaries in the heap (`keep_host_memory`) does not pay it and is not charged.
 FRESH_BYTES_RATE = 6e9
 _DEFAULT_BUDGET_S = 3.0
 
@@ -307,7 +309,8 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
     allowed: the candidate labels `auto` may pick (lax is always allowed).
   """
   times, errors = dict(entry["times"]), entry["errors"]
-  if entry.get("backend", "cpu") == "cpu":  # temporaries fault in afresh in a large program
+  if entry.get("backend", "cpu") == "cpu" and not host_memory_kept():
+    # temporaries fault in afresh in a large program
     for label, nbytes in entry.get("temp_bytes", {}).items():
       if label in times:
         times[label] += nbytes / FRESH_BYTES_RATE

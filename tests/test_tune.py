@@ -106,6 +106,16 @@ def test_decide_charges_temporaries_on_cpu(measured):
   assert _decide({**heavy, "backend": "gpu"})[0] == "winograd4"  # device allocators reuse memory
 
 
+def test_decide_does_not_charge_temporaries_kept_in_the_heap(measured, monkeypatch):
+  entry, _ = measured
+  heavy = {
+    **entry,
+    "temp_bytes": {**entry["temp_bytes"], "winograd4": 0.7 * _tune.FRESH_BYTES_RATE},
+  }
+  monkeypatch.setattr(_tune, "host_memory_kept", lambda: True)
+  assert _decide(heavy)[0] == "winograd4"
+
+
 def test_decide_drops_candidates_beyond_their_tolerance(measured):
   entry, _ = measured
   label, reason = _decide(entry, errors={"winograd4": 1e-2})
