@@ -6,7 +6,7 @@ one process: the forward, or with ``--train`` the forward and both gradients. Py
 size) runs beside them when it is installed; it is never a dependency of jaxconv:
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch -e .
-    /tmp/torchvenv/bin/python bench/conv_transpose.py [--train]
+    /tmp/torchvenv/bin/python bench/conv_transpose.py [--train] [--also col2im,subpixel]
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--min-round-s", type=float, default=0.05)
   parser.add_argument("--train", action="store_true", help="forward and both gradients")
   parser.add_argument(
+    "--also", default="", help="comma-separated algorithms timed forced, beside auto (col2im,...)"
+  )
+  parser.add_argument(
     "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
   )
   args = parser.parse_args(argv)
@@ -58,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
     f"{'training step' if args.train else 'forward'}"
   )
+  args.also = [a for a in args.also.split(",") if a]
   header = ["layer", "torch ms", "lax ms", "jaxconv ms", "x lax", "x torch", "auto runs"]
+  header += [f"{a} {unit}" for a in args.also for unit in ("ms", "x lax")]
   print("  ".join(f"{h:>12}" for h in header))
   rng = np.random.default_rng(0)
   for layer in LAYERS:
@@ -86,6 +91,8 @@ def _row(layer, args, torch, rng) -> list[str]:
     "lax": step(lambda a, b: jax.lax.conv_transpose(a, b, **kw)),
     "jaxconv": step(lambda a, b: jaxconv.conv_transpose(a, b, **kw)),
   }
+  for alg in args.also:
+    fns[alg] = step(lambda a, b, alg=alg: jaxconv.conv_transpose(a, b, **kw, algorithm=alg))
   xj, wj, cj = (jax.device_put(v) for v in (x, w, ct))
   runs = _phases(fns["jaxconv"], xj, wj, cj)  # before the first call, which caches the trace
   ref = jax.lax.conv_transpose(xj, wj, **kw)
@@ -118,6 +125,8 @@ def _row(layer, args, torch, rng) -> list[str]:
   vs_torch = f"{t['torch'] / t['jaxconv']:.2f}x" if "torch" in t else "-"
   row = [name, torch_ms, f"{t['lax'] * 1e3:.2f}", f"{t['jaxconv'] * 1e3:.2f}"]
   row += [f"{t['lax'] / t['jaxconv']:.2f}x", vs_torch, runs]
+  for alg in args.also:
+    row += [f"{t[alg] * 1e3:.2f}", f"{t['lax'] / t[alg]:.2f}x"]
   return row
 
 

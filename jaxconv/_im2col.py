@@ -98,7 +98,7 @@ def im2col_indices(
   return index
 
 
-def _compute_dtype(g: ConvGeometry) -> np.dtype:
+def compute_dtype(g: ConvGeometry) -> np.dtype:
   # Half-precision floats gather and multiply in their own type but accumulate in float32 (as lax
   # does on CPU and GPU); booleans are counted in int32 and compared with zero.
   if g.dtype == np.bool_:
@@ -106,7 +106,7 @@ def _compute_dtype(g: ConvGeometry) -> np.dtype:
   return g.dtype
 
 
-def _accumulate_dtype(g: ConvGeometry) -> np.dtype | None:
+def accumulate_dtype(g: ConvGeometry) -> np.dtype | None:
   if g.preferred_element_type is not None:
     return g.preferred_element_type
   if g.dtype in (np.dtype(jnp.bfloat16), np.dtype(np.float16)):
@@ -121,7 +121,7 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   if g.is_empty:
     return jnp.zeros(g.out_shape, g.out_dtype)
   nd, fgc, bgc = g.ndim, g.feature_group_count, g.batch_group_count
-  cdt = _compute_dtype(g)
+  cdt = compute_dtype(g)
   x, w = grouped_operands(lhs, rhs, g, cdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
   taps, cin_g = math.prod(g.kernel), g.group_in_features
   w = w.reshape(taps, *w.shape[nd:])
@@ -129,7 +129,7 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   padded, out = g.padded_spatial, g.out_spatial
   index = im2col_indices(padded, out, g.kernel, g.strides, g.rhs_dilation)
   pad_config = [(0, 0, 0), *g.pad_config, (0, 0, 0)]  # (B, *S, C)
-  acc = _accumulate_dtype(g)
+  acc = accumulate_dtype(g)
 
   # Along the last spatial dimension, with no kernel dilation there, the taps of one window are
   # contiguous in the flat channels-last input: gather runs of kw*C elements, not kw runs of C.

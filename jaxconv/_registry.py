@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from jaxconv._algorithm import Algorithm
+from jaxconv._col2im import COL2IM
 from jaxconv._direct import DIRECT
 from jaxconv._im2col import IM2COL
 from jaxconv._lax import LAX
@@ -18,7 +19,7 @@ from jaxconv._winograd import WINOGRAD
 
 __all__ = ["ALGORITHMS", "REGISTRY", "by_name", "forced"]
 
-REGISTRY: tuple[Algorithm, ...] = (LAX, IM2COL, DIRECT, WINOGRAD, WGRAD, SUBPIXEL)
+REGISTRY: tuple[Algorithm, ...] = (LAX, IM2COL, DIRECT, WINOGRAD, WGRAD, SUBPIXEL, COL2IM)
 
 _FORCED: dict[str, tuple[Algorithm, Hashable]] = {
   name: (a, hint) for a in REGISTRY for name, hint in a.forced().items()

@@ -35,15 +35,24 @@ SPATIAL_CHARS = "HWD"
 
 
 @st.composite
-def conv_calls(draw, float_only: bool = False, ranks: tuple[int, ...] = (0, 1, 2, 3)):
-  """A random conv_general_dilated call: (lhs, rhs, kwargs). Mostly valid, sometimes not."""
+def conv_calls(
+  draw,
+  float_only: bool = False,
+  ranks: tuple[int, ...] = (0, 1, 2, 3),
+  input_dilated: bool = False,
+):
+  """A random conv_general_dilated call: (lhs, rhs, kwargs). Mostly valid, sometimes not.
+
+  With `input_dilated`: window stride 1, no batch groups and an input dilation on some axis (a
+  transposed convolution's form).
+  """
   nd = draw(st.sampled_from(ranks))
   spatial = SPATIAL_CHARS[:nd]
   lhs_spec = "".join(draw(st.permutations("NC" + spatial)))
   rhs_spec = "".join(draw(st.permutations("OI" + spatial)))
   out_spec = "".join(draw(st.permutations("NC" + spatial)))
   fgc = draw(st.sampled_from([1, 1, 1, 2, 3]))
-  bgc = 1 if fgc > 1 else draw(st.sampled_from([1, 1, 1, 2]))
+  bgc = 1 if fgc > 1 or input_dilated else draw(st.sampled_from([1, 1, 1, 2]))
   cin_g = draw(st.integers(0, 3))
   n = bgc * draw(st.integers(0, 2))
   cout = fgc * bgc * draw(st.integers(1, 3))
@@ -52,6 +61,10 @@ def conv_calls(draw, float_only: bool = False, ranks: tuple[int, ...] = (0, 1, 2
   strides = tuple(draw(st.integers(1, 3)) for _ in range(nd))
   rhs_dil = tuple(draw(st.sampled_from([1, 1, 2, 3])) for _ in range(nd))
   lhs_dil = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
+  if input_dilated:
+    strides = (1,) * nd
+    lhs_dil = tuple(draw(st.sampled_from([1, 2, 3])) for _ in range(nd))
+    assume(max(lhs_dil, default=1) > 1)
   if any(d > 1 for d in lhs_dil) or draw(st.booleans()):
     padding = tuple((draw(st.integers(-2, 3)), draw(st.integers(-2, 3))) for _ in range(nd))
   else:
@@ -135,6 +148,11 @@ def test_winograd_matches_lax(call):
 @given(conv_calls())
 def test_direct_matches_lax(call):
   _check("direct", *call)
+
+
+@given(conv_calls(ranks=(1, 2, 3), input_dilated=True))
+def test_col2im_matches_lax(call):
+  _check("col2im", *call)
 
 
 @given(conv_calls())

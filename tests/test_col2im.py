@@ -1,0 +1,135 @@
+"""col2im (one GEMM of the undilated input, then an overlap-add) against lax."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+from tests.util import HIGHEST, check_against_lax, rel_err, rng_for
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (name, lhs shape, rhs shape, keyword arguments): input-dilated convolutions at window stride 1.
+CASES = [
+  ("stride2-3x3", (2, 6, 7, 4), (3, 3, 4, 5), dict(padding=((1, 2), (2, 1)), lhs_dilation=(2, 2))),
+  ("uneven-4x4", (2, 5, 6, 3), (4, 4, 3, 2), dict(padding=((2, 2), (3, 0)), lhs_dilation=(2, 3))),
+  ("one-axis", (2, 7, 9, 3), (3, 3, 3, 4), dict(padding=((1, 1), (0, 1)), lhs_dilation=(3, 1))),
+  ("kernel-dilated", (2, 5, 6, 3), (3, 2, 3, 4),
+   dict(padding=((2, 3), (1, 2)), lhs_dilation=(2, 2), rhs_dilation=(2, 3))),
+  ("negative-padding", (1, 6, 6, 2), (3, 3, 2, 3),
+   dict(padding=((-1, 2), (1, -1)), lhs_dilation=(2, 2))),
+  ("padding-beyond-the-input", (1, 3, 3, 2), (2, 2, 2, 3),
+   dict(padding=((-6, 1), (5, -4)), lhs_dilation=(2, 3))),
+  ("phases-no-tap-reaches", (2, 4, 4, 2), (1, 2, 2, 3),
+   dict(padding=((0, 0), (1, 1)), lhs_dilation=(3, 3))),
+  ("groups-nchw", (2, 4, 5, 5), (6, 2, 3, 3),
+   dict(padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), feature_group_count=2,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"))),
+  ("depthwise", (2, 5, 4, 3), (3, 3, 1, 6),
+   dict(padding=((1, 1), (2, 2)), lhs_dilation=(2, 2), feature_group_count=3)),
+  ("1d", (2, 9, 4), (5, 4, 3), dict(window_strides=(1,), padding=((3, 4),), lhs_dilation=(4,),
+                                     dimension_numbers=("NWC", "WIO", "NWC"))),
+  ("3d", (2, 4, 3, 5, 2), (3, 3, 2, 2, 3),
+   dict(window_strides=(1, 1, 1), padding=((2, 2), (1, 1), (1, 0)), lhs_dilation=(2, 2, 1),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
+]  # fmt: skip
+IDS = [c[0] for c in CASES]
+
+
+def _kwargs(kwargs):
+  out = dict(window_strides=(1, 1), dimension_numbers=NHWC, precision=HIGHEST)
+  out.update(kwargs)
+  return out
+
+
+def _prepadded(x, w, kwargs):
+  """lax on an input dilated and padded by `lax.pad` first: jitted XLA:CPU errs on some negative
+  paddings (tests/test_regressions.py), this form does not."""
+  g = jaxconv.plan(x, w, **kwargs, algorithm="lax").geometry
+  spec, config = g.dimension_numbers.lhs_spec, [(0, 0, 0)] * x.ndim
+  for d, ((lo, hi), a) in enumerate(zip(g.padding, g.lhs_dilation)):
+    config[spec[2 + d]] = (lo, hi, a - 1)
+  padded = lax.pad(jnp.asarray(x), np.zeros((), x.dtype), config)
+  return lax.conv_general_dilated(padded, w, **dict(kwargs, padding="VALID", lhs_dilation=None))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
+def test_col2im_matches_lax(name, lhs_shape, rhs_shape, kwargs, dtype):
+  rng = rng_for(name)
+  x = rng.standard_normal(lhs_shape).astype(dtype)
+  w = rng.standard_normal(rhs_shape).astype(dtype)
+  kwargs = _kwargs(kwargs)
+  if "padding" in name:  # negative padding: the pre-padded lax route
+    out = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="col2im")
+    ref = _prepadded(x, w, kwargs)
+    assert out.shape == ref.shape and rel_err(out, ref) <= 1e-5
+  else:
+    check_against_lax(x, w, "col2im", **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "complex64", "int32", "bool"])
+def test_col2im_keeps_lax_dtypes(dtype):
+  rng = rng_for(f"col2im-{dtype}")
+  x = rng.standard_normal((2, 5, 4, 3))
+  w = rng.standard_normal((3, 3, 3, 4))
+  if dtype == "complex64":
+    x, w = x + 1j * rng.standard_normal(x.shape), w + 1j * rng.standard_normal(w.shape)
+  elif dtype in ("int32", "bool"):
+    x, w = np.round(x * 2), np.round(w * 2)
+  x, w = jnp.asarray(x).astype(dtype), jnp.asarray(w).astype(dtype)
+  check_against_lax(x, w, "col2im", **_kwargs(dict(padding=((2, 1), (1, 2)), lhs_dilation=(2, 2))))
+
+
+def test_col2im_works_in_blocks_of_examples():
+  rng = rng_for("col2im-blocks")
+  x, w = rng.standard_normal((5, 6, 6, 3)), rng.standard_normal((3, 3, 3, 4))
+  kwargs = _kwargs(dict(padding=((1, 2), (1, 2)), lhs_dilation=(2, 2)))
+  # One example's products: 36 positions x 9 taps x 4 outputs x 8 bytes = 10 KiB; 2 per block.
+  old = jaxconv.set_patch_budget(25_000)
+  try:
+    check_against_lax(x, w, "col2im", **kwargs)
+  finally:
+    jaxconv.set_patch_budget(old)
+
+
+def test_col2im_gradients_match_lax():
+  rng = rng_for("col2im-grad")
+  x, w = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((4, 3, 3, 4))
+  kwargs = _kwargs(dict(padding=((2, 1), (1, 2)), lhs_dilation=(2, 2), rhs_dilation=(1, 2)))
+  ours = lambda x, w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="col2im")
+  ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
+  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    assert rel_err(got, want) <= 1e-12
+  # second derivatives: the Hessian-vector product of the loss in the input
+  hvp = lambda f: jax.jvp(lambda x: jax.grad(loss(f))(x, w), (x,), (jnp.ones_like(x),))[1]
+  assert rel_err(hvp(ours), hvp(ref)) <= 1e-12
+
+
+def test_col2im_declines_what_it_cannot_fold():
+  x, w = jnp.ones((2, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+  call = lambda **kw: jaxconv.conv_general_dilated(
+    x, w, **{**_kwargs(dict(padding="SAME")), **kw}, algorithm="col2im"
+  )
+  with pytest.raises(NotImplementedError, match=r"has no input dilation.*Algorithms that can:"):
+    call()
+  with pytest.raises(NotImplementedError, match=r"window stride 1.*strides \(2, 2\)"):
+    call(window_strides=(2, 2), lhs_dilation=(2, 2), padding=((1, 1), (1, 1)))
+  with pytest.raises(NotImplementedError, match="batch_group_count=2"):
+    call(lhs_dilation=(2, 2), batch_group_count=2, padding=((1, 1), (1, 1)))
+
+
+def test_col2im_and_its_derivatives_lower_for_cuda():
+  x, w = jnp.ones((2, 7, 7, 4)), jnp.ones((3, 3, 4, 8))
+  kwargs = _kwargs(dict(padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), feature_group_count=2))
+  w = jnp.ones((3, 3, 2, 8))
+  f = lambda x, w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="col2im")
+  grad = jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))
+  for fn in (f, grad):
+    text = jax.jit(fn).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    assert "func.func public @main" in text
