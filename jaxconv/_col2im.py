@@ -106,6 +106,24 @@ def col2im(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   return y.astype(g.out_dtype)
 
 
+# `auto`'s model: two rates measured on the reference CPU (float32, HIGHEST, 2 cores) on six
+# stride-2 transposed convolutions (8x14x14x256 -> 128 to 8x56x56x64 -> 64, 3x3 and 4x4): the
+# GEMM ran at 333-412 GFLOP/s (208-399 with YNNPACK off), the overlap-add at 14-20 GB/s of
+# products (15-31).
+GEMM_RATE = 350e9  # FLOP/s of the products' GEMM
+FOLD_RATE = 19e9  # bytes/s of products through the overlap-add
+
+
+def _products_bytes(g: ConvGeometry) -> int:
+  itemsize = np.dtype(accumulate_dtype(g) or compute_dtype(g)).itemsize
+  return g.out_batch * math.prod(g.in_spatial) * math.prod(g.kernel) * g.out_features * itemsize
+
+
+def _gemm_flops(g: ConvGeometry) -> int:
+  rows = g.out_batch * math.prod(g.in_spatial)
+  return 2 * rows * g.group_in_features * math.prod(g.kernel) * g.out_features
+
+
 class Col2im(Algorithm):
   """One GEMM of the undilated input with every tap, then an overlap-add: lax's products."""
 
@@ -122,6 +140,23 @@ class Col2im(Algorithm):
     if g.batch_group_count > 1:
       return f"it has no batch groups (batch_group_count={g.batch_group_count})"
     return None
+
+  def predict(self, g: ConvGeometry, variant: Variant) -> float | None:
+    """The GEMM at `GEMM_RATE` plus the products through the overlap-add at `FOLD_RATE`."""
+    del variant
+    if not np.issubdtype(g.dtype, np.floating):  # fitted to float32 only
+      return None
+    return _gemm_flops(g) / GEMM_RATE + _products_bytes(g) / FOLD_RATE
+
+  def explain(self, g: ConvGeometry, variant: Variant) -> str:
+    del variant
+    return (
+      f"one GEMM of the undilated input with all {math.prod(g.kernel)} taps and an overlap-add, "
+      "no products with zeros"
+    )
+
+  def why_not_predicted(self, g: ConvGeometry) -> str:
+    return f"col2im's model was fitted to floating-point layers, not {g.dtype}"
 
   def run(self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant: Variant) -> jax.Array:
     del variant

@@ -95,7 +95,7 @@ def test_auto_decomposes_a_strided_layers_input_gradient():
   finally:
     jaxconv._select._tune.collect = collect
   dilated = [p for p in seen if max(p.geometry.lhs_dilation) > 1]
-  assert dilated and all(p.algorithm == "subpixel" for p in dilated), [p.reason for p in seen]
+  assert dilated and all(p.algorithm == "col2im" for p in dilated), [p.reason for p in seen]
 
 
 # conv_transpose: lax.conv_transpose's own argument space. -------------------------------------
