@@ -73,6 +73,12 @@ def _fold(z: jax.Array, g: ConvGeometry) -> jax.Array:
   return interleave(parts, g.lhs_dilation, g.out_spatial, range(1, 1 + nd))
 
 
+def _products_bytes(g: ConvGeometry) -> int:
+  """Bytes of the products Z, every real input times every tap (in the accumulation dtype)."""
+  itemsize = np.dtype(accumulate_dtype(g) or compute_dtype(g)).itemsize
+  return g.out_batch * math.prod(g.in_spatial) * math.prod(g.kernel) * g.out_features * itemsize
+
+
 def col2im(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   """Computes the convolution described by `g` (window stride 1) by GEMM and overlap-add."""
   if g.is_empty:
@@ -96,8 +102,7 @@ def col2im(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
     z = jnp.moveaxis(z, 1 + nd, -2).reshape(e, *g.in_spatial, *g.kernel, g.out_features)
     return _fold(z, g)
 
-  per_example = math.prod(g.in_spatial) * taps * g.out_features
-  per_example *= np.dtype(acc or cdt).itemsize
+  per_example = _products_bytes(g) // max(g.out_batch, 1)
   y = map_blocks(block, x, max(1, patch_budget() // max(per_example, 1)))
   chex.assert_shape(y, (g.out_batch, *g.out_spatial, g.out_features))
   y = jnp.transpose(y, g.channels_last_to_out)
@@ -112,11 +117,6 @@ def col2im(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
 # products (15-31).
 GEMM_RATE = 350e9  # FLOP/s of the products' GEMM
 FOLD_RATE = 19e9  # bytes/s of products through the overlap-add
-
-
-def _products_bytes(g: ConvGeometry) -> int:
-  itemsize = np.dtype(accumulate_dtype(g) or compute_dtype(g)).itemsize
-  return g.out_batch * math.prod(g.in_spatial) * math.prod(g.kernel) * g.out_features * itemsize
 
 
 def _gemm_flops(g: ConvGeometry) -> int:
