@@ -9,67 +9,30 @@ import pytest
 from jax import lax
 
 import jaxconv
-from tests.util import HIGHEST, check_against_lax, rel_err, rng_for
+from tests.test_subpixel import CASES as SUBPIXEL_CASES
+from tests.test_subpixel import _kwargs, check_case
+from tests.util import check_against_lax, rel_err, rng_for
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-# (name, lhs shape, rhs shape, keyword arguments): input-dilated convolutions at window stride 1.
+# The sub-pixel tests' input-dilated cases that have no window stride or batch groups, and more.
 CASES = [
-  ("stride2-3x3", (2, 6, 7, 4), (3, 3, 4, 5), dict(padding=((1, 2), (2, 1)), lhs_dilation=(2, 2))),
-  ("uneven-4x4", (2, 5, 6, 3), (4, 4, 3, 2), dict(padding=((2, 2), (3, 0)), lhs_dilation=(2, 3))),
+  c for c in SUBPIXEL_CASES
+  if set(c[3].get("window_strides", (1,))) == {1} and "batch_group_count" not in c[3]
+] + [
   ("one-axis", (2, 7, 9, 3), (3, 3, 3, 4), dict(padding=((1, 1), (0, 1)), lhs_dilation=(3, 1))),
   ("kernel-dilated", (2, 5, 6, 3), (3, 2, 3, 4),
    dict(padding=((2, 3), (1, 2)), lhs_dilation=(2, 2), rhs_dilation=(2, 3))),
-  ("negative-padding", (1, 6, 6, 2), (3, 3, 2, 3),
-   dict(padding=((-1, 2), (1, -1)), lhs_dilation=(2, 2))),
-  ("padding-beyond-the-input", (1, 3, 3, 2), (2, 2, 2, 3),
+  ("negative-padding-beyond-the-input", (1, 3, 3, 2), (2, 2, 2, 3),
    dict(padding=((-6, 1), (5, -4)), lhs_dilation=(2, 3))),
-  ("phases-no-tap-reaches", (2, 4, 4, 2), (1, 2, 2, 3),
-   dict(padding=((0, 0), (1, 1)), lhs_dilation=(3, 3))),
-  ("groups-nchw", (2, 4, 5, 5), (6, 2, 3, 3),
-   dict(padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), feature_group_count=2,
-        dimension_numbers=("NCHW", "OIHW", "NCHW"))),
   ("depthwise", (2, 5, 4, 3), (3, 3, 1, 6),
    dict(padding=((1, 1), (2, 2)), lhs_dilation=(2, 2), feature_group_count=3)),
-  ("1d", (2, 9, 4), (5, 4, 3), dict(window_strides=(1,), padding=((3, 4),), lhs_dilation=(4,),
-                                     dimension_numbers=("NWC", "WIO", "NWC"))),
-  ("3d", (2, 4, 3, 5, 2), (3, 3, 2, 2, 3),
-   dict(window_strides=(1, 1, 1), padding=((2, 2), (1, 1), (1, 0)), lhs_dilation=(2, 2, 1),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
 ]  # fmt: skip
 IDS = [c[0] for c in CASES]
-
-
-def _kwargs(kwargs):
-  out = dict(window_strides=(1, 1), dimension_numbers=NHWC, precision=HIGHEST)
-  out.update(kwargs)
-  return out
-
-
-def _prepadded(x, w, kwargs):
-  """lax on an input dilated and padded by `lax.pad` first: jitted XLA:CPU errs on some negative
-  paddings (tests/test_regressions.py), this form does not."""
-  g = jaxconv.plan(x, w, **kwargs, algorithm="lax").geometry
-  spec, config = g.dimension_numbers.lhs_spec, [(0, 0, 0)] * x.ndim
-  for d, ((lo, hi), a) in enumerate(zip(g.padding, g.lhs_dilation)):
-    config[spec[2 + d]] = (lo, hi, a - 1)
-  padded = lax.pad(jnp.asarray(x), np.zeros((), x.dtype), config)
-  return lax.conv_general_dilated(padded, w, **dict(kwargs, padding="VALID", lhs_dilation=None))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
 def test_col2im_matches_lax(name, lhs_shape, rhs_shape, kwargs, dtype):
-  rng = rng_for(name)
-  x = rng.standard_normal(lhs_shape).astype(dtype)
-  w = rng.standard_normal(rhs_shape).astype(dtype)
-  kwargs = _kwargs(kwargs)
-  if "padding" in name:  # negative padding: the pre-padded lax route
-    out = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="col2im")
-    ref = _prepadded(x, w, kwargs)
-    assert out.shape == ref.shape and rel_err(out, ref) <= 1e-5
-  else:
-    check_against_lax(x, w, "col2im", **kwargs)
+  check_case("col2im", name, lhs_shape, rhs_shape, kwargs, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "complex64", "int32", "bool"])

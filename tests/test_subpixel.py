@@ -46,19 +46,24 @@ def _kwargs(kwargs):
   return out
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
-def test_subpixel_matches_lax(name, lhs_shape, rhs_shape, kwargs, dtype):
+def check_case(algorithm, name, lhs_shape, rhs_shape, kwargs, dtype):
+  """One input-dilated case by `algorithm` against lax, on fresh random normal data."""
   rng = rng_for(name)
   x = rng.standard_normal(lhs_shape).astype(dtype)
   w = rng.standard_normal(rhs_shape).astype(dtype)
   kwargs = _kwargs(kwargs)
   if "negative" in name:  # jitted XLA:CPU is unreliable here: the pre-padded lax path instead
     ref = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="lax")
-    out = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="subpixel")
+    out = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm=algorithm)
     assert out.shape == ref.shape and rel_err(out, ref) <= 1e-5
   else:
-    check_against_lax(x, w, "subpixel", **kwargs)
+    check_against_lax(x, w, algorithm, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
+def test_subpixel_matches_lax(name, lhs_shape, rhs_shape, kwargs, dtype):
+  check_case("subpixel", name, lhs_shape, rhs_shape, kwargs, dtype)
 
 
 def test_subpixel_gradients_match_lax():
