@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 import jaxconv
+from jaxconv import _host_memory as host_memory
 from jaxconv._timing import interleaved_calls
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -42,12 +43,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--also", default="", help="comma-separated algorithms timed forced, beside auto (col2im,...)"
   )
-  parser.add_argument(
-    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
-  )
+  host_memory.add_option(parser)
   args = parser.parse_args(argv)
-  if args.keep_host_memory:
-    jaxconv.keep_host_memory()
+  host_memory.apply_option(args)
   try:
     import torch
 
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
     f"torch {torch.__version__ if torch else 'not installed'}, "
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-    f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
+    f"host memory {host_memory.state()}, "
     f"{'training step' if args.train else 'forward'}"
   )
   args.also = [a for a in args.also.split(",") if a]

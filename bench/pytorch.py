@@ -31,6 +31,7 @@ import numpy as np
 
 import jaxconv
 from jaxconv import _bench
+from jaxconv import _host_memory as host_memory
 from jaxconv._shapes import select
 from jaxconv._timing import interleaved_calls
 
@@ -62,12 +63,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--min-round-s", type=float, default=0.05)
   parser.add_argument("--train", action="store_true", help="forward and both gradients")
-  parser.add_argument(
-    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
-  )
+  host_memory.add_option(parser)
   args = parser.parse_args(argv)
-  if args.keep_host_memory:
-    jaxconv.keep_host_memory()
+  host_memory.apply_option(args)
   try:
     import torch
   except ImportError:
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
   print(
     f"torch {torch.__version__} ({threads} threads), jax {jax.__version__}, jaxconv "
     f"{jaxconv.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-    f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
+    f"host memory {host_memory.state()}, "
     f"{'training step (forward and both gradients)' if args.train else 'forward'}"
   )
   gemm, (bandwidth, _) = _bench.measure_gemm(), _bench.measure_bandwidth()

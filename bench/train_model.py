@@ -42,6 +42,7 @@ import numpy as np
 from jax import lax
 
 import jaxconv
+from jaxconv import _host_memory as host_memory
 from jaxconv._timing import interleaved_calls, interleaved_medians
 
 try:
@@ -292,16 +293,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--tune", action="store_true", help="measure the jaxconv step's convolutions first (cached)"
   )
-  parser.add_argument(
-    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
-  )
+  host_memory.add_option(parser)
   args = parser.parse_args(argv)
-  if args.keep_host_memory:
-    jaxconv.keep_host_memory()
+  host_memory.apply_option(args)
   print(
     f"jax {jax.__version__}, jaxconv {jaxconv.__version__}, "
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-    f"host memory {'kept' if jaxconv.host_memory_kept() else 'fresh'}, "
+    f"host memory {host_memory.state()}, "
     "one SGD-momentum step per call"
   )
   if torch is None:

@@ -27,6 +27,7 @@ from jax import lax
 
 import jaxconv
 from jaxconv import _api
+from jaxconv import _host_memory as host_memory
 from jaxconv._bench import what_ran
 from jaxconv._timing import interleaved_medians
 
@@ -71,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
   parser.add_argument("--through", action="store_true", help="also time autodiff-through steps")
   parser.add_argument("--json", help="write the results to this file")
-  parser.add_argument(
-    "--keep-host-memory", action="store_true", help="jaxconv.keep_host_memory() first"
-  )
+  host_memory.add_option(parser)
   args = parser.parse_args(argv)
-  if args.keep_host_memory:
-    jaxconv.keep_host_memory()
+  host_memory.apply_option(args)
 
   rng = np.random.default_rng(0)
   rows = []

@@ -43,7 +43,7 @@ import numpy as np
 from jax import lax
 
 import jaxconv
-from jaxconv._host_memory import host_memory_kept
+from jaxconv import _host_memory as host_memory
 from jaxconv._registry import REGISTRY
 from jaxconv._shapes import Shape, select
 from jaxconv._timing import interleaved_medians
@@ -268,7 +268,7 @@ def machine_info() -> dict:
     "device_kind": dev.device_kind,
     "environment": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
     "ynn_fusions": "on" if ynn_fusions_on() else "off",
-    "host_memory": "kept" if host_memory_kept() else "fresh",
+    "host_memory": host_memory.state(),
     "jax": jax.__version__,
     "jaxconv": jaxconv.__version__,
     "jaxlib": _version("jaxlib"),
@@ -510,7 +510,7 @@ def lax_other_setting(
       "--copy-mib",
       "8",
       *(["--train"] if train else []),
-      *(["--keep-host-memory"] if host_memory_kept() else []),
+      *([host_memory.OPTION] if host_memory.host_memory_kept() else []),
     ]
     env = {**os.environ, "XLA_FLAGS": shlex.join(flags)}
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jaxconv._host_memory import host_memory_kept
+from jaxconv import _host_memory as host_memory
 
 try:
   import fcntl
@@ -110,7 +110,7 @@ def device_key(backend: str, device_kind: str) -> dict:
     "device_kind": device_kind,
     "cpu_threads": _threads(),
     "xla_flags": _measured_flags(),
-    "host_memory": "kept" if host_memory_kept() else "fresh",
+    "host_memory": host_memory.state(),
   }
 
 

@@ -38,22 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     help="the seed example on real photographs: numpy im2col, jaxconv and lax side by side",
   )
   # Imported here so that `jaxconv --help` stays fast.
-  from jaxconv import _bench, _demo, _tune_cli
+  from jaxconv import _bench, _demo, _host_memory, _tune_cli
 
   _bench.add_arguments(bench)
   _tune_cli.add_arguments(tune)
   _demo.add_arguments(demo)
   for p in (bench, tune):
-    p.add_argument(
-      "--keep-host-memory",
-      action="store_true",
-      help="keep XLA:CPU's temporaries in the heap between runs (jaxconv.keep_host_memory)",
-    )
+    _host_memory.add_option(p)
   args = parser.parse_args(argv)
-  if getattr(args, "keep_host_memory", False):
-    from jaxconv._host_memory import keep_host_memory
-
-    keep_host_memory()
+  _host_memory.apply_option(args)
   if args.command == "bench":
     return _bench.main(args, argv)
   if args.command == "tune":

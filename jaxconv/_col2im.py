@@ -60,10 +60,11 @@ def _fold(z: jax.Array, g: ConvGeometry) -> jax.Array:
   nd, e = g.ndim, z.shape[0]
   q = [-(-o // a) for o, a in zip(g.out_spatial, g.lhs_dilation)]  # outputs per phase, padded
   zero = jnp.zeros((), z.dtype)
+  phase_taps = [_phase_taps(g, d) for d in range(nd)]
   parts = {}
   for phase in itertools.product(*(range(a) for a in g.lhs_dilation)):
     acc = None
-    for taps in itertools.product(*(_phase_taps(g, d)[p] for d, p in enumerate(phase))):
+    for taps in itertools.product(*(phase_taps[d][p] for d, p in enumerate(phase))):
       part = z[(slice(None),) * (1 + nd) + tuple(t for t, _ in taps)]
       # part[j] = z[j + c] on every axis: a shift, cropped or zero-filled by `lax.pad`
       config = [(0, 0, 0), *((-c, qd + c - n, 0) for (_, c), qd, n in zip(taps, q, g.in_spatial))]

@@ -19,12 +19,21 @@ environment variable `GLIBC_TUNABLES` (`TUNABLES`).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import os
 import platform
 
-__all__ = ["TUNABLES", "host_memory_kept", "keep_host_memory"]
+__all__ = [
+  "OPTION",
+  "TUNABLES",
+  "add_option",
+  "apply_option",
+  "host_memory_kept",
+  "keep_host_memory",
+  "state",
+]
 
 # glibc's malloc.h parameter numbers.
 _M_TRIM_THRESHOLD = -1
@@ -70,6 +79,30 @@ def host_memory_kept() -> bool:
     True
   """
   return _kept or _tunables_set()
+
+
+def state() -> str:
+  """ "kept" or "fresh", as benchmark records and the tuning cache's device key name it."""
+  return "kept" if host_memory_kept() else "fresh"
+
+
+OPTION = "--keep-host-memory"
+"""The command-line option of `jaxconv bench`, `jaxconv tune` and the bench scripts."""
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+  """Adds `OPTION` to a command line; `apply_option` acts on it once the arguments are parsed."""
+  parser.add_argument(
+    OPTION,
+    action="store_true",
+    help="keep XLA:CPU's temporaries in the heap between runs (jaxconv.keep_host_memory)",
+  )
+
+
+def apply_option(args: argparse.Namespace) -> None:
+  """Calls `keep_host_memory` if the parsed command line asked for it."""
+  if getattr(args, "keep_host_memory", False):
+    keep_host_memory()
 
 
 def keep_host_memory() -> bool:

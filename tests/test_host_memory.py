@@ -46,11 +46,18 @@ CHILD = textwrap.dedent(
 )
 
 
+def _env(**extra: str) -> dict[str, str]:
+  """This process's environment without GLIBC_TUNABLES, for a child that starts fresh."""
+  return {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, **extra}
+
+
 def _faults(mode: str) -> tuple[int, int, int]:
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  env["JAX_PLATFORMS"] = "cpu"
   out = subprocess.run(
-    [sys.executable, "-c", CHILD, mode], env=env, check=True, capture_output=True, text=True
+    [sys.executable, "-c", CHILD, mode],
+    env=_env(JAX_PLATFORMS="cpu"),
+    check=True,
+    capture_output=True,
+    text=True,
   ).stdout
   again, temp, runs = map(int, out.split()[-3:])
   return again, temp, runs
@@ -103,8 +110,7 @@ def test_host_memory_kept_reads_glibc_tunables(monkeypatch, value, kept):
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_cli_bench_keep_host_memory_records_it(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+  env = _env(XDG_CACHE_HOME=str(tmp_path / "cache"))
   cmd = [sys.executable, "-m", "jaxconv._cli", "bench", "--keep-host-memory", "--shapes", "tiny"]
   cmd += ["--algorithms", "im2col", "--rounds", "1", "--min-round-s", "0.001", "--gemm-n", "64"]
   cmd += ["--copy-mib", "2", "--no-figures", "--no-progress", "--no-best-lax"]
