@@ -21,7 +21,12 @@ backward, update) is timed in the same interleaved rounds as the two JAX steps
 (`interleaved_calls`); ``torch ms`` is its median and ``x torch`` is torch ms / jaxconv ms (above 1:
 jaxconv is faster). Without PyTorch these columns are skipped.
 
-  python bench/train_model.py [--models resnet,unet] [--rounds 7] [--tune]
+With ``--centre-taps`` every 3x3 convolution kernel (not the transposed convolutions') is cut to
+its centre tap before anything runs, in all three backends: the same steps with 1x1 convolutions
+of the same strides and widths, so what remains is what a step costs besides its 3x3 convolutions
+(normalisation, activations, the loss, the update, the projections).
+
+  python bench/train_model.py [--models resnet,unet] [--rounds 7] [--tune] [--centre-taps]
   /tmp/torchvenv/bin/python bench/train_model.py  # with PyTorch installed next to jaxconv
 """
 
@@ -52,6 +57,7 @@ except ImportError:  # never a dependency of jaxconv: the PyTorch columns are sk
   torch = F = None
 
 DN = ("NHWC", "HWIO", "NHWC")
+UP = ("u1", "u2")  # the U-Net's transposed convolutions' kernels
 HIGHEST = lax.Precision.HIGHEST
 BACKENDS = {
   "lax": (lax.conv_general_dilated, lax.conv_transpose),
@@ -161,6 +167,16 @@ MODELS = {
 }
 
 
+def centre_taps(params):
+  """`params` with every 3x3 convolution kernel but the transposed ones cut to its centre tap."""
+
+  def cut(path, p):
+    up = getattr(path[-1], "key", None) in UP
+    return p[1:2, 1:2] if p.ndim == 4 and p.shape[:2] == (3, 3) and not up else p
+
+  return jax.tree_util.tree_map_with_path(cut, params)
+
+
 def _step(loss, backend):
   conv, transpose = BACKENDS[backend]
 
@@ -174,8 +190,6 @@ def _step(loss, backend):
 
 
 # The same models in PyTorch (NCHW tensors in channels-last memory). ----------------------------
-
-UP = ("u1", "u2")  # the U-Net's transposed convolutions' kernels
 
 
 def _torch_nchw(a) -> torch.Tensor:
@@ -293,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--tune", action="store_true", help="measure the jaxconv step's convolutions first (cached)"
   )
+  parser.add_argument(
+    "--centre-taps",
+    action="store_true",
+    help="cut every 3x3 kernel (not the transposed convolutions') to its centre tap",
+  )
   host_memory.add_option(parser)
   args = parser.parse_args(argv)
   host_memory.apply_option(args)
@@ -301,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
     f"host memory {host_memory.state()}, "
     "one SGD-momentum step per call"
+    + (", 3x3 kernels cut to their centre taps" if args.centre_taps else "")
   )
   if torch is None:
     print("PyTorch is not installed in this environment: its columns are skipped")
@@ -319,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
   for name in args.models.split(","):
     init, loss, make_batch = MODELS[name]
     params = init(jax.random.key(0))
+    if args.centre_taps:
+      params = centre_taps(params)
     velocity = jax.tree.map(jnp.zeros_like, params)
     batch = make_batch(jax.random.key(1))
     steps = {b: _step(loss, b) for b in BACKENDS}
