@@ -15,7 +15,7 @@ outputs where the direct method does 144: 4x fewer, paid for with cheap transfor
 The pipeline, for a block of examples at a time (see `SPLIT_ABOVE_BYTES`; every GEMM has
 all the block's tiles as rows):
 
-1. Dilate and pad the input (`lax.pad`), exactly as im2col does.
+1. Dilate and pad the input (`lax.pad`).
 2. Reduce strides and kernel dilation to stride-1 problems. A stride-``s`` convolution is the sum of
    ``s`` stride-1 convolutions of the input's and the kernel's phases (``x[p::s]`` with
    ``w[p::s]``); a kernel dilated by ``d`` acts on ``d`` interleaved sub-grids of the input
