@@ -51,8 +51,11 @@ def _phase_taps(g: ConvGeometry, d: int) -> list[list[tuple[int, int]]]:
           for p in range(a)]  # fmt: skip
 
 
-def _fold(z: jax.Array, g: ConvGeometry) -> jax.Array:
+def _fold(z: jax.Array, g: ConvGeometry, flipped: bool) -> jax.Array:
   """Sums the products `z` (E, *L, *K, O) that land on each output: (E, *out, O).
+
+  With `flipped`, `z` holds the taps in reverse order (see `col2im`): tap ``t`` of an axis of
+  length ``K`` at index ``K - 1 - t``.
 
   Each output phase (one per combination of the axes' phases) adds up the shifted views of its
   taps' slices of `z` in one pass, so every product is read once; the phases then interleave.
@@ -65,7 +68,8 @@ def _fold(z: jax.Array, g: ConvGeometry) -> jax.Array:
   for phase in itertools.product(*(range(a) for a in g.lhs_dilation)):
     acc = None
     for taps in itertools.product(*(phase_taps[d][p] for d, p in enumerate(phase))):
-      part = z[(slice(None),) * (1 + nd) + tuple(t for t, _ in taps)]
+      index = tuple(k - 1 - t if flipped else t for (t, _), k in zip(taps, g.kernel))
+      part = z[(slice(None),) * (1 + nd) + index]
       # part[j] = z[j + c] on every axis: a shift, cropped or zero-filled by `lax.pad`
       config = [(0, 0, 0), *((-c, qd + c - n, 0) for (_, c), qd, n in zip(taps, q, g.in_spatial))]
       part = lax.pad(part, zero, [*config, (0, 0, 0)])
@@ -86,12 +90,16 @@ def col2im(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
     return jnp.zeros(g.out_shape, g.out_dtype)
   nd, groups = g.ndim, g.feature_group_count
   cdt, acc = compute_dtype(g), accumulate_dtype(g)
-  # The kernel runs with its taps reversed and the products' tap axes are reversed back. An input
-  # gradient's kernel arrives reversed (`lax.rev`), and XLA cancels the two reversals: fused into
-  # the kernel's transposition below, a reversal runs element by element on XLA:CPU (3x3x512x512:
-  # 7.7 ms against 0.9 ms for the transposition alone), while on the tap axes it only moves the
-  # fold's slices.
-  rhs = lax.rev(rhs, g.dimension_numbers[1][2:])
+  # A kernel whose input features lie inside its output features in memory is, as a rule, a
+  # reversed one: an input gradient's or `conv_transpose(transpose_kernel=True)`'s (`lax.rev`,
+  # the feature dimensions swapped). Fused into the kernel's transposition below, that reversal
+  # runs element by element on XLA:CPU (3x3x512x512: 7.7 ms against 0.9 ms for the transposition
+  # alone). So such a kernel runs with its taps reversed once more, which XLA cancels, and the
+  # fold reads the products' taps in reverse order.
+  rhs_spec = g.dimension_numbers[1]
+  flipped = rhs_spec[1] > rhs_spec[0]
+  if flipped:
+    rhs = lax.rev(rhs, rhs_spec[2:])
   x, w = grouped_operands(lhs, rhs, g, cdt)  # (N, 1, *L, C), (*K, I, G, 1, O')
   x = x[:, 0]
   taps, cin_g, o_g = math.prod(g.kernel), g.group_in_features, g.out_features // groups
@@ -105,9 +113,9 @@ def col2im(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
       z = jnp.dot(rows[:, 0], w[:, 0], precision=g.precision, preferred_element_type=acc)
     else:
       z = jnp.einsum("mgc,cgo->mgo", rows, w, precision=g.precision, preferred_element_type=acc)
-    z = lax.rev(z.reshape(e, *g.in_spatial, groups, *g.kernel, o_g), range(2 + nd, 2 + 2 * nd))
+    z = z.reshape(e, *g.in_spatial, groups, *g.kernel, o_g)
     z = jnp.moveaxis(z, 1 + nd, -2).reshape(e, *g.in_spatial, *g.kernel, g.out_features)
-    return _fold(z, g)
+    return _fold(z, g, flipped)
 
   per_example = _products_bytes(g) // max(g.out_batch, 1)
   y = map_blocks(block, x, max(1, patch_budget() // max(per_example, 1)))
