@@ -42,6 +42,16 @@ padding ``Os - La + Kd - 1 - lo`` leaves exactly ``K`` outputs. The batch dimens
 so the input's batch and feature dimensions swap roles, as do the cotangent's (now the kernel) and
 the result's (in the kernel's layout). Feature groups of the forward become batch groups of the
 kernel gradient and vice versa.
+
+*Kernel gradient of an input-dilated convolution* (a transposed convolution: ``a > 1``, ``s = 1``,
+no groups). The form above convolves the dilated input, ``a - 1`` zeros between its elements, and
+most of its products are with those zeros. Collecting the terms instead by input element,
+``dw[k] = sum_i x[i] g[lo + i a - k d]``, and reversing the kernel (``k -> K-1-k``), this is a
+correlation of ``g`` (low padding ``Kd - 1 - lo``, window stride ``d``) with ``x`` as the kernel,
+dilated by ``a``: the form of a strided convolution's kernel gradient, with no inserted zeros to
+multiply. The high padding ``Kd - 1 + La - O - (Kd - 1 - lo)`` leaves exactly ``K`` outputs; the
+batch dimension is contracted, so the cotangent's batch and feature dimensions swap roles, as do
+the input's, and the result, in the kernel's layout, is reversed back.
 """
 
 from __future__ import annotations
@@ -220,6 +230,12 @@ def _transpose_lhs(ct, lhs, rhs, *, geometry: ConvGeometry, algorithm, tile):
   return out
 
 
+def _dilated_kernel_form(g: ConvGeometry) -> bool:
+  """Whether the kernel gradient is taken in its dilated-kernel form (module docstring)."""
+  ungrouped = g.feature_group_count == 1 and g.batch_group_count == 1
+  return ungrouped and max(g.strides, default=1) == 1 and max(g.lhs_dilation, default=1) > 1
+
+
 def _transpose_rhs(ct, lhs, rhs, *, geometry: ConvGeometry, algorithm, tile):
   del algorithm, tile
   g = geometry
@@ -227,6 +243,25 @@ def _transpose_rhs(ct, lhs, rhs, *, geometry: ConvGeometry, algorithm, tile):
   if math.prod(ct.shape) == 0 or math.prod(lhs.shape) == 0 or math.prod(aval.shape) == 0:
     return jnp.zeros(aval.shape, aval.dtype)
   lhs_spec, rhs_spec, out_spec = g.dimension_numbers
+  if _dilated_kernel_form(g):
+    padding = []
+    for n, k, o, (lo, _), a, d in zip(
+      g.in_spatial, g.kernel, g.out_spatial, g.padding, g.lhs_dilation, g.rhs_dilation
+    ):
+      before = _dilated(k, d) - 1 - lo
+      padding.append((before, _dilated(k, d) - 1 + _dilated(n, a) - o - before))
+    reversed_dw = _jaxconv(
+      ct,
+      lhs.astype(ct.dtype),
+      window_strides=g.rhs_dilation,
+      padding=padding,
+      rhs_dilation=g.lhs_dilation,
+      dimension_numbers=lax.ConvDimensionNumbers(_swap01(out_spec), _swap01(lhs_spec), rhs_spec),
+      precision=g.precision,
+      preferred_element_type=g.preferred_element_type,
+      out_sharding=_sharding_of(aval),
+    )
+    return lax.rev(reversed_dw, rhs_spec[2:]).astype(aval.dtype)
   padding = []
   for n, k, o, s, (lo, _), a, d in zip(
     g.in_spatial, g.kernel, g.out_spatial, g.strides, g.padding, g.lhs_dilation, g.rhs_dilation
