@@ -195,6 +195,18 @@ class ConvGeometry:
       text += f", {groups} {kind} groups"
     return f"{text}, {self.dtype.name}"
 
+  @property
+  def kernel_arrives_reversed(self) -> bool:
+    """Whether the kernel is, as a rule, a reversed one: input-dilated, input features innermost.
+
+    That is how an input gradient's kernel arrives (`lax.rev` of a channels-last kernel, its
+    feature dimensions swapped), and `conv_transpose(transpose_kernel=True)`'s. col2im reverses
+    such a kernel once more so that XLA cancels the two reversals, and the autotuner times
+    candidates on a reversed kernel, as they will run.
+    """
+    ndim = len(self.dimension_numbers.rhs_spec)
+    return max(self.lhs_dilation, default=1) > 1 and self.dimension_numbers.rhs_spec[1] == ndim - 1
+
   # Layout permutations. ----------------------------------------------------------------------
 
   @property
