@@ -186,7 +186,7 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   rows = index.shape[0]
 
   def gather(xf: jax.Array, idx: jax.Array) -> jax.Array:
-    # xf: (B, P, C), one flat padded example; idx: (m, K or K/kw) -> patches (B, m, K*C)
+    # xf: (B, P, C), one flat (unpadded) example; idx: (m, K or K/kw) -> (B, m, K*C)
     m = idx.shape[0]
     if fill:
       patches = xf.at[:, idx].get(mode="fill", fill_value=0)
