@@ -170,6 +170,41 @@ def conv_general_dilated(
     >>> y.shape, bool(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref) < 1e-5)
     ((2, 16, 16, 8), True)
   """
+  return _convolve(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    out_sharding,
+    algorithm=algorithm,
+  )
+
+
+def _convolve(
+  lhs: ArrayLike,
+  rhs: ArrayLike,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: DTypeLike | None = None,
+  out_sharding: Any = None,
+  *,
+  algorithm: str = "auto",
+  reversed_kernel: bool = False,
+) -> jax.Array:
+  """`conv_general_dilated` with the hint `ConvGeometry.reversed_kernel` set as given."""
   check_algorithm(algorithm)
   g = normalize(
     lhs,
@@ -184,6 +219,8 @@ def conv_general_dilated(
     precision,
     preferred_element_type,
   )
+  if reversed_kernel:
+    g = dataclasses.replace(g, reversed_kernel=True)
   p = choose(g, algorithm, local=_per_device(lhs, rhs, g) if algorithm == "auto" else None)
   plain = algorithm != "auto" or out_sharding is not None or not measurable(g)
   if p.algorithm == "lax" and plain:
@@ -293,7 +330,7 @@ def conv_transpose(
   if transpose_kernel:
     rhs = jnp.flip(rhs, dn.rhs_spec[2:])
     rhs = jnp.swapaxes(rhs, dn.rhs_spec[0], dn.rhs_spec[1])
-  return conv_general_dilated(
+  return _convolve(
     lhs,
     rhs,
     (1,) * nd,
@@ -301,9 +338,12 @@ def conv_transpose(
     strides,
     rhs_dilation,
     dn,
-    precision=precision,
-    preferred_element_type=preferred_element_type,
+    1,
+    1,
+    precision,
+    preferred_element_type,
     algorithm=algorithm,
+    reversed_kernel=transpose_kernel,
   )
 
 

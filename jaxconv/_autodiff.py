@@ -176,9 +176,9 @@ def _dilated(n: int, d: int) -> int:
 
 
 def _jaxconv(lhs, rhs, **kwargs) -> jax.Array:
-  from jaxconv._api import conv_general_dilated
+  from jaxconv._api import _convolve
 
-  return conv_general_dilated(lhs, rhs, **kwargs, algorithm="auto")
+  return _convolve(lhs, rhs, **kwargs, algorithm="auto")
 
 
 def _aval(x):
@@ -224,6 +224,7 @@ def _transpose_lhs(ct, lhs, rhs, *, geometry: ConvGeometry, algorithm, tile):
     precision=g.precision,
     preferred_element_type=g.preferred_element_type,
     out_sharding=_sharding_of(aval) if g.batch_group_count == 1 else None,
+    reversed_kernel=not g.reversed_kernel,  # rev(rev(w)) is w again: XLA cancels the pair
   ).astype(aval.dtype)
   if g.batch_group_count > 1:  # (N/B, B*C) -> (N, C), batch groups major as lax splits them
     out = _fold(_split(out, lhs_spec[1], g.batch_group_count), lhs_spec[1], lhs_spec[0])

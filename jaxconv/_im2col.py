@@ -159,20 +159,9 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
     return jnp.zeros(g.out_shape, g.out_dtype)
   nd, fgc, bgc = g.ndim, g.feature_group_count, g.batch_group_count
   cdt = compute_dtype(g)
-  x, w = grouped_operands(lhs, rhs, g, cdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
-  taps, cin_g = math.prod(g.kernel), g.group_in_features
-  w = w.reshape(taps, *w.shape[nd:])
-
   padded, out = g.padded_spatial, g.out_spatial
   # Padding or dilation: gather from the unpadded input, inserted zeros read by `fill`.
   fill = any(c != (0, 0, 0) for c in g.pad_config)
-  if fill:
-    geometry = (g.in_spatial, g.pad_config, padded, out, g.kernel, g.strides, g.rhs_dilation)
-    index = unpadded_indices(*geometry)
-  else:
-    index = im2col_indices(padded, out, g.kernel, g.strides, g.rhs_dilation)
-  acc = accumulate_dtype(g)
-
   # Along the last spatial dimension, with no kernel dilation there, the taps of one window are
   # contiguous in the flat channels-last input: gather runs of kw*C elements, not kw runs of C.
   # Fewer, longer slices pay off when C is small (measured: RGB-like inputs), not when it is large.
@@ -180,9 +169,27 @@ def im2col(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry) -> jax.Array:
   use_runs = (
     not fill and nd > 0 and kw > 1 and g.rhs_dilation[-1] == 1 and g.in_features <= RUN_MAX_FEATURES
   )
+  # A reversed kernel (`ConvGeometry.reversed_kernel`) is reversed once more, which XLA cancels,
+  # and the gather reads every window's taps in reverse order. (Runs read forwards, and their
+  # small kernels are cheap to reverse.)
+  flipped = g.reversed_kernel and not use_runs
+  if flipped:
+    rhs = lax.rev(rhs, g.dimension_numbers.rhs_spec[2:])
+  x, w = grouped_operands(lhs, rhs, g, cdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
+  taps, cin_g = math.prod(g.kernel), g.group_in_features
+  w = w.reshape(taps, *w.shape[nd:])
+
   if use_runs:
     starts = im2col_indices(padded, out, (*g.kernel[:-1], 1), g.strides, g.rhs_dilation)
     index = starts * g.in_features
+  elif fill:
+    geometry = (g.in_spatial, g.pad_config, padded, out, g.kernel, g.strides, g.rhs_dilation)
+    index = unpadded_indices(*geometry)
+  else:
+    index = im2col_indices(padded, out, g.kernel, g.strides, g.rhs_dilation)
+  if flipped:  # every axis reversed is the row-major tap order reversed
+    index = np.ascontiguousarray(index[:, ::-1])
+  acc = accumulate_dtype(g)
   rows = index.shape[0]
 
   def gather(xf: jax.Array, idx: jax.Array) -> jax.Array:

@@ -21,6 +21,7 @@ convolution.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -80,7 +81,7 @@ def _phases(g: ConvGeometry):
       g.precision,
       g.preferred_element_type,
     )
-    yield combo, sub
+    yield combo, dataclasses.replace(sub, reversed_kernel=g.reversed_kernel)
 
 
 def _strides(g: ConvGeometry) -> tuple[int, ...]:
@@ -146,7 +147,7 @@ class Subpixel(Algorithm):
 
   def run(self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant: Variant) -> jax.Array:
     del variant
-    from jaxconv._api import conv_general_dilated  # the entry point, which reads the registry
+    from jaxconv._api import _convolve  # the entry point, which reads the registry
 
     _, rhs_spec, out_spec = g.dimension_numbers
     parts = {}
@@ -162,7 +163,7 @@ class Subpixel(Algorithm):
       index = [slice(None)] * rhs.ndim
       for d, (_, sl, _, _) in enumerate(combo):
         index[rhs_spec[2 + d]] = sl
-      parts[phase] = conv_general_dilated(
+      parts[phase] = _convolve(
         lhs,
         rhs[tuple(index)],
         sub.strides,
@@ -174,6 +175,7 @@ class Subpixel(Algorithm):
         g.batch_group_count,
         g.precision,
         g.preferred_element_type,
+        reversed_kernel=g.reversed_kernel,  # a slice of a reversed kernel is a reversed slice
       )
     return interleave(parts, g.lhs_dilation, g.out_spatial, out_spec[2:])
 

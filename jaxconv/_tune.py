@@ -253,7 +253,7 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
     def compile_one(cand):
       _, a, v = cand
       run = functools.partial(a.run, g=g, variant=v)
-      if g.kernel_arrives_reversed:  # timed as it will run: on a reversed kernel
+      if g.reversed_kernel:  # timed as it will run: on a reversed kernel
         spatial = g.dimension_numbers.rhs_spec[2:]
         return jax.jit(lambda x, w: run(x, lax.rev(w, spatial))).lower(*args).compile()
       return jax.jit(run).lower(*args).compile()

@@ -50,7 +50,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv._algorithm import Algorithm, eps
-from jaxconv._geometry import ConvGeometry, grouped_operands
+from jaxconv._geometry import ConvGeometry, grouped_input, grouped_operands
 from jaxconv._loops import map_blocks
 from jaxconv._transforms import default_points, winograd_matrices
 
@@ -133,7 +133,13 @@ def _matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _stride1(
-  x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
+  x: jax.Array,
+  w: jax.Array,
+  out: Sequence[int],
+  ms: Sequence[int],
+  g: ConvGeometry,
+  flipped: bool = False,
+  features_minor: bool = False,
 ) -> jax.Array:
   """`_tiles` on blocks of tile rows when the examples' transformed data is too large.
 
@@ -149,12 +155,12 @@ def _stride1(
     * x.shape[0]
     * x.shape[1]
     * math.prod(-(-o // m) for o, m in zip(out[1:], ms_eff[1:]))
-    * (x.shape[-1] + w.shape[-1] * w.shape[-2] * w.shape[-3])
+    * (x.shape[-1] + g.out_features)
     * np.dtype(x.dtype).itemsize
   )
   n_blocks = min(rows, _blocks(row_bytes * rows))
   if n_blocks == 1:
-    return _tiles(x, w, out, ms, g)
+    return _tiles(x, w, out, ms, g, flipped, features_minor)
   per = -(-rows // n_blocks) * m0  # output rows per block
   span = per + r0 - 1  # the input rows they read
   short = out[0] + r0 - 1 - x.shape[2]  # dynamic slices must stay in bounds
@@ -165,9 +171,13 @@ def _stride1(
     # In place, like `map_blocks`: the last block starts earlier and overlaps its predecessor.
     start = jnp.minimum(i * per, out[0] - per)
     xs = lax.dynamic_slice_in_dim(x, start, span, axis=2)
-    return lax.dynamic_update_slice_in_dim(y, _tiles(xs, w, [per, *out[1:]], ms, g), start, 1)
+    return lax.dynamic_update_slice_in_dim(
+      y, _tiles(xs, w, [per, *out[1:]], ms, g, flipped, features_minor), start, 1
+    )
 
-  part = jax.eval_shape(lambda xs: _tiles(xs, w, [per, *out[1:]], ms, g), x[:, :, :span])
+  part = jax.eval_shape(
+    lambda xs: _tiles(xs, w, [per, *out[1:]], ms, g, flipped, features_minor), x[:, :, :span]
+  )
   y = jnp.zeros((x.shape[0], out[0], *part.shape[2:]), part.dtype)
   return lax.fori_loop(0, -(-out[0] // per), rows_block, y)
 
@@ -221,16 +231,25 @@ def transform_input(
 
 
 def _tiles(
-  x: jax.Array, w: jax.Array, out: Sequence[int], ms: Sequence[int], g: ConvGeometry
+  x: jax.Array,
+  w: jax.Array,
+  out: Sequence[int],
+  ms: Sequence[int],
+  g: ConvGeometry,
+  flipped: bool = False,
+  features_minor: bool = False,
 ) -> jax.Array:
   """VALID stride-1 correlation of a block of examples by Winograd.
 
   Args:
     x: (E, B, *L, C) input: E examples of B batch groups, at least `out + r - 1` long per axis.
-    w: (*r, I, G, B, O') kernel.
+    w: (*r, I, G, B, O') kernel, or (*r, O, I) where `features_minor` (ungrouped only).
     out: output length per axis.
     ms: tile output size per axis.
     g: the geometry (groups, precision).
+    flipped: whether `w` holds the kernel's taps in reverse order along every axis.
+    features_minor: whether `w` is (*r, O, I); the GEMMs then take the transformed kernel as
+      their left operand (see `winograd`).
 
   Returns:
     (E, *out, O) output.
@@ -240,6 +259,8 @@ def _tiles(
   v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
   n_ex, ns = x.shape[0], [at.shape[1] for at, _, _ in mats]
   gk = kernel_matrix(mats)
+  if flipped:  # every axis reversed is the row-major tap order reversed: G's columns reversed
+    gk = gk[:, ::-1]
   n_pos, taps = gk.shape
   n_tiles = math.prod(tiles)
   bgc, fgc = g.batch_group_count, g.feature_group_count
@@ -254,7 +275,9 @@ def _tiles(
   # Which GEMM form XLA:CPU's YNNPACK takes (it claims a dot only when the left operand's
   # contracting dimension is its last): see `_channels_major`.
   major = ungrouped and _channels_major(n_rows, cin_g, w.shape[-1], blocked, GEMM_FORM)
-  if ungrouped and major:  # (n^d, C, rows): the channel axis before the rows
+  if features_minor:
+    rows, major = v.reshape(n_pos, n_rows, cin_g), False
+  elif ungrouped and major:  # (n^d, C, rows): the channel axis before the rows
     rows = jnp.swapaxes(v.reshape(n_pos, n_rows, cin_g), 1, 2)
   elif ungrouped:
     rows = v.reshape(n_pos, n_rows, cin_g)
@@ -265,6 +288,10 @@ def _tiles(
     u = jnp.dot(
       jnp.asarray(gk, wb.dtype), wb.reshape(taps, -1), precision=lax.Precision.HIGHEST
     ).reshape(n_pos, *wb.shape[nd:])
+    if features_minor:  # (n^d, O, C) x (n^d, rows, C) -> (n^d, O, rows)
+      return lax.dot_general(
+        u, rows, (((2,), (2,)), ((0,), (0,))), precision=g.precision, preferred_element_type=acc
+      )
     if ungrouped and blocked:
       nb = cin_g // SUM_BLOCK
       if major:  # (n^d, nb, block, rows) x (n^d, nb, block, O)
@@ -299,21 +326,31 @@ def _tiles(
 
   # A transformed kernel larger than U_BLOCK_BYTES is made and used one output block at a time,
   # so the working set stays small (a large fresh buffer costs a page fault per 4 KiB on CPU).
-  out_g = w.shape[-1]
+  out_g = g.out_features if features_minor else w.shape[-1]
+  o_axis = nd if features_minor else w.ndim - 1  # the kernel's output-feature axis
   n_ob = _output_blocks(n_pos * cin_g * out_g * np.dtype(w.dtype).itemsize, out_g)
   # Not with blocked sums: inside the loop XLA sums them less accurately (F(6,3) at C = 512: 11.4x
   # direct convolution's error, against 9.0x in one piece).
   if n_ob == 1 or bgc > 1 or fgc > 1 or blocked:
     prod = multiply(w)
   else:  # in place: each block slices the kernel and writes its columns of the product
-    size, columns = out_g // n_ob, w.reshape(-1, out_g)  # 2-D: no unit axes to re-layout
+    size = out_g // n_ob
+    # 2-D where the output features are last: no unit axes to re-layout.
+    kernel = w if features_minor else w.reshape(-1, out_g)
+    k_axis, p_axis = (o_axis, 1) if features_minor else (1, 2)
+    shape = list(w.shape)
+    shape[o_axis] = size
 
     def block(i: jax.Array, acc: jax.Array) -> jax.Array:
-      wb = lax.dynamic_slice_in_dim(columns, i * size, size, axis=1).reshape(*w.shape[:-1], size)
-      return lax.dynamic_update_slice_in_dim(acc, multiply(wb), i * size, axis=2)
+      wb = lax.dynamic_slice_in_dim(kernel, i * size, size, axis=k_axis).reshape(shape)
+      return lax.dynamic_update_slice_in_dim(acc, multiply(wb), i * size, axis=p_axis)
 
-    part = jax.eval_shape(multiply, jax.ShapeDtypeStruct((*w.shape[:-1], size), w.dtype))
-    prod = lax.fori_loop(0, n_ob, block, jnp.zeros((*part.shape[:2], out_g), part.dtype))
+    part = jax.eval_shape(multiply, jax.ShapeDtypeStruct(tuple(shape), w.dtype))
+    full = list(part.shape)
+    full[p_axis] = out_g
+    prod = lax.fori_loop(0, n_ob, block, jnp.zeros(full, part.dtype))
+  if features_minor:
+    prod = jnp.swapaxes(prod, 1, 2)
   prod = prod.reshape(n_pos, n_ex, *tiles, g.out_features)
 
   # Output transform AT M A, one axis at a time, then interleave the m^d outputs of every tile.
@@ -385,9 +422,20 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
   if g.is_empty:
     return jnp.zeros(g.out_shape, g.out_dtype)
   wdt = work_dtype(g)
-  x, w = grouped_operands(lhs, rhs, g, wdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
   out = g.out_spatial
   axes = [_phases(k, o, s, d) for k, o, s, d in zip(g.kernel, out, g.strides, g.rhs_dilation)]
+  # A reversed kernel (`ConvGeometry.reversed_kernel`) of a one-phase problem is reversed once
+  # more, which XLA cancels, and the kernel transform reads its taps in reverse order.
+  flipped = g.reversed_kernel and all(len(a) == 1 for a in axes)
+  rhs_spec = g.dimension_numbers.rhs_spec
+  if flipped:
+    rhs = lax.rev(rhs, rhs_spec[2:])
+  features_minor = _features_minor(g, m)
+  if features_minor:  # (*K, O, I): the input features stay innermost, as they arrive
+    x = grouped_input(lhs, g, wdt)
+    w = jnp.transpose(rhs, (*rhs_spec[2:], *rhs_spec[:2])).astype(wdt)
+  else:
+    x, w = grouped_operands(lhs, rhs, g, wdt)  # (N/B, B, *S, C), (*K, I, G, B, O')
 
   def block(xb: jax.Array) -> jax.Array:
     # xb: (E, B, *S, C), a block of examples, computed together so every GEMM has E * tiles rows.
@@ -396,7 +444,8 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
     for combo in itertools.product(*axes):
       x_sl, w_sl, y_sl = zip(*combo)
       sub_out = [len(range(o)[sl]) for o, sl in zip(out, y_sl)]
-      part = _stride1(xb[(slice(None), slice(None), *x_sl)], w[w_sl], sub_out, m, g)
+      xs = xb[(slice(None), slice(None), *x_sl)]
+      part = _stride1(xs, w[w_sl], sub_out, m, g, flipped, features_minor)
       if all(sl == slice(None) for sl in y_sl):  # stride phases: outputs add up
         y = part if y is None else y + part
       else:  # dilation phases: each adds into its own interleaved sub-grid
@@ -409,6 +458,28 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
   y = map_blocks(block, x, -(-g.out_batch // n_blocks))
   chex.assert_shape(y, (g.out_batch, *out, g.out_features))
   return jnp.transpose(y, g.channels_last_to_out).astype(g.out_dtype)
+
+
+def _features_minor(g: ConvGeometry, m: Sequence[int]) -> bool:
+  """Whether the GEMMs take the transformed kernel as their left operand, (n^d, O, C).
+
+  A kernel whose input features are innermost, (*K, O, I) in memory, arrives so as an input
+  gradient's of a channels-last (HWIO) kernel. Its transformed kernel is then (n^d, O, C) without
+  moving the features, where the rows-major form needs (n^d, C, O): a transposition that XLA:CPU
+  runs at a fraction of the memory bandwidth (3x3x512x512: 5.2-5.9 ms against a GEMM of 14 ms).
+  The GEMMs (n^d, O, C) x (n^d, rows, C) ran as fast as the rows-major form, and faster with
+  YNNPACK off (36x32x512x512: 17.5 against 18.1 ms; 8.7 against 19.5 ms). Not for blocked channel
+  sums, which keep their accuracy in the rows-major form.
+  """
+  ndim = len(g.dimension_numbers.rhs_spec)
+  o, i = g.dimension_numbers.rhs_spec[:2]
+  ungrouped = g.feature_group_count == 1 and g.batch_group_count == 1
+  cin = g.group_in_features
+  blocked = max(m, default=1) in BLOCKED_SUM_TILES and cin > SUM_BLOCK and cin % SUM_BLOCK == 0
+  return FEATURES_MINOR and ungrouped and not blocked and (o, i) == (ndim - 2, ndim - 1)
+
+
+FEATURES_MINOR = True  # whether `_features_minor` kernels use the (n^d, O, C) form
 
 
 def _bytes_per_example(g: ConvGeometry, m: Sequence[int], dtype) -> int:

@@ -190,43 +190,6 @@ def test_geometry_is_canonical_and_cached():
     g.batch = 3  # frozen
 
 
-def test_kernel_arrives_reversed_for_input_gradients_of_channels_last_kernels(monkeypatch):
-  from jaxconv import _autodiff
-
-  x, w = np.zeros((2, 8, 8, 3), np.float32), np.zeros((3, 3, 3, 4), np.float32)
-  dn = ("NHWC", "HWIO", "NHWC")
-  transposes = []
-  through = _autodiff._jaxconv
-
-  def record(lhs, rhs, **kwargs):
-    kwargs.pop("out_sharding")
-    transposes.append(normalize(lhs, rhs, **kwargs))
-    return through(lhs, rhs, **kwargs)
-
-  monkeypatch.setattr(_autodiff, "_jaxconv", record)
-
-  def loss(x, w):
-    y = jaxconv.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=dn, algorithm="im2col")
-    return y.sum()
-
-  jax.eval_shape(jax.grad(loss, argnums=(0, 1)), x, w)
-  dx, dw = sorted(transposes, key=lambda g: g.lhs_dilation, reverse=True)
-  assert dx.lhs_dilation == (2, 2) and dx.kernel_arrives_reversed
-  assert not dw.kernel_arrives_reversed
-  pads = ((1, 1), (1, 1))
-  plain = normalize(x, w, (1, 1), pads, lhs_dilation=(2, 2), dimension_numbers=dn)
-  assert not plain.kernel_arrives_reversed  # conv_transpose's kernel as given
-  nchw = normalize(
-    x.transpose(0, 3, 1, 2),
-    w.transpose(3, 2, 0, 1),
-    (1, 1),
-    pads,
-    lhs_dilation=(2, 2),
-    dimension_numbers=("NCHW", "OIHW", "NCHW"),
-  )
-  assert not nchw.kernel_arrives_reversed
-
-
 def test_integral_float_group_count_is_accepted_like_lax():
   np.testing.assert_array_equal(
     jaxconv.conv_general_dilated(

@@ -283,6 +283,33 @@ def test_blocks_of_examples_and_tile_rows(lhs_shape, rhs_shape, strides, monkeyp
   assert rel_err(out, lax.conv_general_dilated(x, w, **kw)) < 1e-5
 
 
+@pytest.mark.parametrize(
+  "lhs_shape,rhs_shape,dn",
+  [
+    ((2, 9, 10, 8), (3, 3, 12, 8), ("NHWC", "HWOI", "NHWC")),
+    ((2, 12, 8), (5, 6, 8), ("NWC", "WOI", "NWC")),
+    ((1, 6, 5, 7, 4), (3, 2, 3, 4, 4), ("NDHWC", "DHWOI", "NDHWC")),
+  ],
+  ids=str,
+)
+@pytest.mark.parametrize("u_block_bytes", [None, 1 << 10])
+def test_input_features_innermost_kernels_as_left_operands(lhs_shape, rhs_shape, dn, u_block_bytes,
+                                                           monkeypatch):  # fmt: skip
+  from jaxconv import _winograd
+  from jaxconv._geometry import normalize
+
+  if u_block_bytes:  # the transformed kernel in blocks of output features
+    monkeypatch.setattr(_winograd, "U_BLOCK_BYTES", u_block_bytes)
+  rng = rng_for(f"features-minor{lhs_shape}")
+  x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
+  kw = dict(window_strides=(1,) * (x.ndim - 2), padding="SAME", dimension_numbers=dn,
+            precision=HIGHEST)  # fmt: skip
+  g = normalize(x, w, **kw)
+  assert _winograd._features_minor(g, (4,) * g.ndim)
+  out = jax.jit(lambda x, w: _winograd.winograd(x, w, g, (4,) * g.ndim))(x, w)
+  assert rel_err(out, lax.conv_general_dilated(x, w, **kw)) < 1e-5
+
+
 def test_blocks_at_the_real_thresholds_read_and_write_in_place():
   # 1x200x200x64: 46 MB of transformed data, so three blocks of 17 tile rows (68 output rows);
   # the last starts at row 132, overlapping its predecessor. Then 40 examples of 28x28x64 (36 MB):
