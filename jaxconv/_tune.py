@@ -9,8 +9,10 @@ device:
    decision drops a candidate whose difference exceeds its algorithm's documented tolerance);
 3. interleaved rounds time each candidate in turn (a call repeated until `ROUND_S` has passed), for
    at least `MIN_ROUNDS` rounds, then while another round fits in the time budget (`budget()`,
-   default 3 s per geometry, compiles included), up to `MAX_ROUNDS`; after the first round a
-   candidate more than `PRUNE` times slower than the fastest (lax included) is not timed again;
+   default 2 s of timing per geometry, after its compiles), up to `MAX_ROUNDS`; after the first
+   round a candidate more than `PRUNE` times slower than the fastest (lax included) is not timed
+   again, and after `MIN_ROUNDS` one other than lax whose median is more than `CONTEND` times the
+   fastest median, so that the rounds left go to the candidates the decision is between;
 4. the medians, errors and costs go to the on-disk cache (`jaxconv._cache`).
 
 The decision (`decide`) reads a cached entry: the fastest admissible candidate (of those within
@@ -70,10 +72,14 @@ TIE = 1.02  # candidates this close to the fastest count as equally fast
 # Many short rounds: on a shared machine a burst of noise then hits one round of every candidate,
 # not all the rounds of one (measured: with few 20 ms rounds a candidate's median moved 2-3x
 # between runs of the same geometry).
+# A single call of a 20 ms convolution varied 18-37 ms between rounds here (ResNet-50's 7x7x512
+# layer, lax): with the three rounds a budget shared with the compiles left, its median came out
+# 1.5-2.7x too slow and `auto` picked slower algorithms for two of the layer's three convolutions.
 MIN_ROUNDS = 3
 MAX_ROUNDS = 60
 ROUND_S = 0.005  # seconds of calls per candidate and round: short rounds, many of them
 PRUNE = 2.0  # after the first round, candidates this much slower than the fastest stop
+CONTEND = 1.25  # after MIN_ROUNDS, candidates whose median is this much over the fastest stop
 # XLA:CPU gives each run of a program its temporaries as one fresh allocation; above glibc's 32 MiB
 # mmap limit, as a model's training step's are, every page of it faults in again on every run (a
 # ResNet-50 14x14x256 layer's step: 38.9 MB, 9,600 faults and 10-13 ms more per run). A candidate
@@ -83,14 +89,14 @@ PRUNE = 2.0  # after the first round, candidates this much slower than the faste
 # ResNet's step 1.24x lax with it and 1.20x without, the U-Net's 3.52x and 3.61x. A process that
 # keeps its temporaries in the heap (`keep_host_memory`) does not pay it and is not charged.
 FRESH_BYTES_RATE = 6e9
-_DEFAULT_BUDGET_S = 3.0
+_DEFAULT_BUDGET_S = 2.0
 
 Timer = Callable[[str, Callable[[], Any]], float]
 """(candidate label, a call) -> seconds per call: how one round times one candidate."""
 
 
 def budget() -> float:
-  """Seconds the tuner may spend on one geometry, compiles included (``JAXCONV_TUNE_BUDGET``)."""
+  """Seconds the tuner may time one geometry for, compiles aside (``JAXCONV_TUNE_BUDGET``)."""
   return float(os.environ.get("JAXCONV_TUNE_BUDGET", _DEFAULT_BUDGET_S))
 
 
@@ -268,10 +274,10 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
     del outputs
     samples: dict[str, list[float]] = {label: [] for label in compiled}
     alive = list(compiled)
-    rounds, last = 0, 0.0
+    rounds, last, timing_start = 0, 0.0, time.perf_counter()
     # After MIN_ROUNDS, another round only if it fits in the budget (as long as the last one).
     while rounds < MAX_ROUNDS and (
-      rounds < MIN_ROUNDS or time.perf_counter() - start + last <= budget()
+      rounds < MIN_ROUNDS or time.perf_counter() - timing_start + last <= budget()
     ):
       round_start = time.perf_counter()
       for label in alive:
@@ -281,6 +287,11 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
         fastest = min(samples[label][0] for label in alive)
         # lax too: once it is that much slower, its first time decides nothing more.
         alive = [label for label in alive if samples[label][0] <= PRUNE * fastest]
+      elif rounds >= MIN_ROUNDS:
+        medians = {label: np.median(samples[label]) for label in alive}
+        fastest = min(medians.values())
+        # Not lax here: every decision is a ratio to its median.
+        alive = [c for c in alive if c == "lax" or medians[c] <= CONTEND * fastest]
     entry = {
       "times": {label: float(np.median(t)) for label, t in samples.items()},
       "errors": errors,

@@ -74,6 +74,19 @@ def test_measure_times_every_candidate_interleaved_and_prunes(measured):
   assert entry["compile_s"] > 0 and entry["tuned_s"] >= entry["compile_s"]
 
 
+def test_measure_keeps_timing_the_contenders_and_lax():
+  # After MIN_ROUNDS only lax and candidates within CONTEND of the fastest median are timed.
+  times = {"lax": 0.7, "im2col": 0.6, "winograd2": 0.45, "winograd4": 0.4, "winograd6": 3.0}
+  timer = FakeTimer(times)
+  entry = _tune.measure(_geometry(), timer=timer, store=False)
+  assert entry["times"] == times
+  n = _tune.MIN_ROUNDS
+  assert timer.calls.count("winograd6") == 1  # PRUNE, after round one
+  assert timer.calls.count("im2col") == n  # CONTEND: 0.6 > 1.25 x 0.4
+  assert timer.calls.count("lax") == timer.calls.count("winograd2") == _tune.MAX_ROUNDS
+  assert len(timer.calls) == 5 + (n - 1) * 4 + (_tune.MAX_ROUNDS - n) * 3
+
+
 def _decide(entry, times=None, errors=None, allowed=tuple(FAKE)):
   e = {**entry, "times": {**entry["times"], **(times or {})}}
   e["errors"] = {**entry["errors"], **(errors or {})}
