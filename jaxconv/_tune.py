@@ -71,15 +71,15 @@ MARGIN = 1.04  # a candidate must beat lax by 4% to replace it
 TIE = 1.02  # candidates this close to the fastest count as equally fast
 # Many short rounds: on a shared machine a burst of noise then hits one round of every candidate,
 # not all the rounds of one (measured: with few 20 ms rounds a candidate's median moved 2-3x
-# between runs of the same geometry).
-# A single call of a 20 ms convolution varied 18-37 ms between rounds here (ResNet-50's 7x7x512
-# layer, lax): with the three rounds a budget shared with the compiles left, its median came out
-# 1.5-2.7x too slow and `auto` picked slower algorithms for two of the layer's three convolutions.
+# between runs of the same geometry). A single call of a 20 ms convolution varied 18-37 ms between
+# rounds (ResNet-50's 7x7x512 layer, lax): with the three rounds a budget shared with the compiles
+# left, its median came out 1.5-2.7x too slow and `auto` ran the layer's input gradient by an
+# algorithm slower than lax; hence a budget for timing alone, spent on the contenders.
 MIN_ROUNDS = 3
 MAX_ROUNDS = 60
 ROUND_S = 0.005  # seconds of calls per candidate and round: short rounds, many of them
 PRUNE = 2.0  # after the first round, candidates this much slower than the fastest stop
-CONTEND = 1.25  # after MIN_ROUNDS, candidates whose median is this much over the fastest stop
+CONTEND = 1.25  # after MIN_ROUNDS, candidates (not lax) this much over the fastest median stop
 # XLA:CPU gives each run of a program its temporaries as one fresh allocation; above glibc's 32 MiB
 # mmap limit, as a model's training step's are, every page of it faults in again on every run (a
 # ResNet-50 14x14x256 layer's step: 38.9 MB, 9,600 faults and 10-13 ms more per run). A candidate
