@@ -3,7 +3,9 @@
 Decoder-style layers (stride 2, SAME, 3x3 and 4x4 kernels, channels-last), timed interleaved in
 one process: the forward, or with ``--train`` the forward and both gradients. PyTorch
 (`torch.nn.functional.conv_transpose2d`, channels-last, padding chosen to give the same output
-size) runs beside them when it is installed; it is never a dependency of jaxconv:
+size) runs beside them when it is installed; it is never a dependency of jaxconv. Times are
+medians over the rounds; each ratio is the median of the per-round ratios, with their quartiles
+in brackets (`jaxconv._timing.round_ratios`):
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch -e .
     /tmp/torchvenv/bin/python bench/conv_transpose.py [--train] [--also col2im,subpixel]
@@ -22,7 +24,7 @@ import numpy as np
 
 import jaxconv
 from jaxconv import _host_memory as host_memory
-from jaxconv._timing import interleaved_calls
+from jaxconv._timing import interleaved_call_rounds, ratio_text
 
 HIGHEST = jax.lax.Precision.HIGHEST
 DN = ("NHWC", "HWIO", "NHWC")
@@ -62,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
   args.also = [a for a in args.also.split(",") if a]
   header = ["layer", "torch ms", "lax ms", "jaxconv ms", "x lax", "x torch", "auto runs"]
   header += [f"{a} {unit}" for a in args.also for unit in ("ms", "x lax")]
-  print("  ".join(f"{h:>12}" for h in header))
+  print("  ".join(f"{h:>17}" for h in header))
   rng = np.random.default_rng(0)
   for layer in LAYERS:
     row = _row(layer, args, torch, rng)
-    print("  ".join(f"{v:>12}" for v in row))
+    print("  ".join(f"{v:>17}" for v in row))
     sys.stdout.flush()
   return 0
 
@@ -118,13 +120,14 @@ def _row(layer, args, torch, rng) -> list[str]:
     calls["torch"] = run_torch
   for call in calls.values():
     call()
-  t = interleaved_calls(calls, rounds=args.rounds, min_round_s=args.min_round_s)
+  rounds = interleaved_call_rounds(calls, rounds=args.rounds, min_round_s=args.min_round_s)
+  t = {f: float(np.median(r)) for f, r in rounds.items()}
   torch_ms = f"{t['torch'] * 1e3:.2f}" if "torch" in t else "-"
-  vs_torch = f"{t['torch'] / t['jaxconv']:.2f}x" if "torch" in t else "-"
+  vs_torch = ratio_text(rounds["torch"], rounds["jaxconv"]) if "torch" in t else "-"
   row = [name, torch_ms, f"{t['lax'] * 1e3:.2f}", f"{t['jaxconv'] * 1e3:.2f}"]
-  row += [f"{t['lax'] / t['jaxconv']:.2f}x", vs_torch, runs]
+  row += [ratio_text(rounds["lax"], rounds["jaxconv"]), vs_torch, runs]
   for alg in args.also:
-    row += [f"{t[alg] * 1e3:.2f}", f"{t['lax'] / t[alg]:.2f}x"]
+    row += [f"{t[alg] * 1e3:.2f}", ratio_text(rounds["lax"], rounds[alg])]
   return row
 
 

@@ -13,7 +13,8 @@ process may use. ``--train`` times a training step of each layer instead: the fo
 gradients (``jax.vjp`` and its pullback; PyTorch's autograd ``backward``). PyTorch's OpenMP
 threads are told to sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) so they leave the cores to XLA.
 Every function is warmed up, then timed in interleaved rounds (each call repeated for at least
-`--min-round-s`); the table gives medians and their ratios.
+`--min-round-s`); the table gives medians, and each ratio as the median of the per-round
+ratios with their quartiles in brackets (`jaxconv._timing.round_ratios`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jaxconv
 from jaxconv import _bench
 from jaxconv import _host_memory as host_memory
 from jaxconv._shapes import select
-from jaxconv._timing import interleaved_calls
+from jaxconv._timing import interleaved_call_rounds, ratio_text
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   header = ["shape", "torch ms", "lax ms", "auto ms", "auto x lax", "auto x torch", "auto picks"]
   header += ["auto GFLOP/s", "auto GB/s"]
-  print("  ".join(f"{h:>12}" for h in header))
+  print("  ".join(f"{h:>17}" for h in header))
   for shape in select(args.shapes.split(","), dtype="float32"):
     pad = _torch_padding(shape)
     nd = len(shape.lhs) - 2
@@ -137,19 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     for c in calls.values():
       c()
-    t = interleaved_calls(calls, rounds=args.rounds, min_round_s=args.min_round_s)
+    rounds = interleaved_call_rounds(calls, rounds=args.rounds, min_round_s=args.min_round_s)
+    t = {name: float(np.median(r)) for name, r in rounds.items()}
     row = [
       shape.name,
       f"{t['torch'] * 1e3:.2f}",
       f"{t['lax'] * 1e3:.2f}",
       f"{t['auto'] * 1e3:.2f}",
-      f"{t['lax'] / t['auto']:.2f}x",
-      f"{t['torch'] / t['auto']:.2f}x",
+      ratio_text(rounds["lax"], rounds["auto"]),
+      ratio_text(rounds["torch"], rounds["auto"]),
       plan.label,
       f"{plan.flops * (3 if args.train else 1) / t['auto'] / 1e9:.1f}",
       f"{(x.nbytes + ct_np.nbytes) / t['auto'] / 1e9:.1f}",
     ]
-    print("  ".join(f"{c:>12}" for c in row))
+    print("  ".join(f"{c:>17}" for c in row))
     sys.stdout.flush()
   return 0
 

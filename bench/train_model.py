@@ -18,8 +18,10 @@ use, `OMP_WAIT_POLICY=PASSIVE` as in bench/pytorch.py), from the same initial pa
 batches: batch norm from batch statistics, the same loss, the same update (v = 0.9 v + g;
 p = p - 0.01 v). Its three losses are checked against lax's, and its step (forward, autograd
 backward, update) is timed in the same interleaved rounds as the two JAX steps
-(`interleaved_calls`); ``torch ms`` is its median and ``x torch`` is torch ms / jaxconv ms (above 1:
-jaxconv is faster). Without PyTorch these columns are skipped.
+(`interleaved_call_rounds`); ``torch ms`` is its median and ``x torch`` is torch ms / jaxconv ms
+(above 1: jaxconv is faster). Without PyTorch these columns are skipped. Every time is a median over
+the rounds; every ratio is the median of the per-round ratios, with their quartiles in brackets
+(`jaxconv._timing.round_ratios`).
 
 With ``--centre-taps`` every 3x3 convolution kernel (not the transposed convolutions') is cut to
 its centre tap before anything runs, in all three backends: the same steps with 1x1 convolutions
@@ -48,7 +50,7 @@ from jax import lax
 
 import jaxconv
 from jaxconv import _host_memory as host_memory
-from jaxconv._timing import interleaved_calls, interleaved_medians
+from jaxconv._timing import interleaved_call_rounds, interleaved_rounds, ratio_text
 
 try:
   import torch
@@ -324,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
   )
   if torch is None:
     print("PyTorch is not installed in this environment: its columns are skipped")
-    print(f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'x lax':>6}  losses (lax | jaxconv)")
+    print(
+      f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'x lax (IQR)':>18}  "
+      "losses (lax | jaxconv)"
+    )
   else:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(threads)
@@ -333,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
       f"transposed convolution vs lax: max abs difference {_check_up():.1e}"
     )
     print(
-      f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'torch ms':>9}  {'x lax':>6}  "
-      f"{'x torch':>7}  losses (lax | jaxconv | torch)"
+      f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'torch ms':>9}  {'x lax (IQR)':>18}  "
+      f"{'x torch (IQR)':>18}  losses (lax | jaxconv | torch)"
     )
   for name in args.models.split(","):
     init, loss, make_batch = MODELS[name]
@@ -362,19 +367,21 @@ def main(argv: list[str] | None = None) -> int:
     agree = all(np.allclose(losses["lax"], seen, rtol=1e-3) for seen in losses.values())
     text = " ".join("|".join(f"{s:.4f}" for s in row) for row in zip(*losses.values()))
     if torch is None:
-      t = interleaved_medians(list(steps.values()), [params, velocity, batch], rounds=args.rounds)
-      print(f"{name:>8}  {t[0] * 1e3:9.1f}  {t[1] * 1e3:10.1f}  {t[0] / t[1]:5.2f}x  {text}")
+      rounds = interleaved_rounds(
+        list(steps.values()), [params, velocity, batch], rounds=args.rounds
+      )
+      t = dict(zip(steps, rounds))
     else:  # all three in the same rounds; the JAX steps block on their outputs
       calls = {
         b: lambda c=c, a=(params, velocity, batch): jax.block_until_ready(c(*a))
         for b, c in compiled.items()
       }
-      t = interleaved_calls({**calls, "torch": torch_step}, rounds=args.rounds)
-      lax_s, ours, theirs = t["lax"], t["jaxconv"], t["torch"]
-      print(
-        f"{name:>8}  {lax_s * 1e3:9.1f}  {ours * 1e3:10.1f}  {theirs * 1e3:9.1f}  "
-        f"{lax_s / ours:5.2f}x  {theirs / ours:6.2f}x  {text}"
-      )
+      t = interleaved_call_rounds({**calls, "torch": torch_step}, rounds=args.rounds)
+    ms = {b: f"{np.median(r) * 1e3:.1f}" for b, r in t.items()}
+    cols = [f"{ms['lax']:>9}", f"{ms['jaxconv']:>10}"] + ([f"{ms['torch']:>9}"] if torch else [])
+    for base in ["lax", "torch"] if torch else ["lax"]:
+      cols.append(f"{ratio_text(t[base], t['jaxconv']):>18}")
+    print(f"{name:>8}  " + "  ".join(cols) + f"  {text}")
     if not agree:
       print(f"  losses differ beyond 1e-3: {losses}")
       return 1

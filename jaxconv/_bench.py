@@ -46,7 +46,7 @@ import jaxconv
 from jaxconv import _host_memory as host_memory
 from jaxconv._registry import REGISTRY
 from jaxconv._shapes import Shape, select
-from jaxconv._timing import interleaved_medians
+from jaxconv._timing import interleaved_rounds, round_ratios
 from jaxconv._tune import rel_error
 
 __all__ = [
@@ -342,7 +342,9 @@ def bench_shape(
       runs[keys[a]] = a
   names = list(runs.values())
   fns = [conv_fn(shape, n, train=train) for n in names]
-  times = dict(zip(names, interleaved_medians(fns, args, rounds=rounds, min_round_s=min_round_s)))
+  timed = interleaved_rounds(fns, args, rounds=rounds, min_round_s=min_round_s)
+  per_round = dict(zip(names, timed))
+  times = {n: float(np.median(t)) for n, t in per_round.items()}
   if train:
     errors = {
       n: max(rel_error(a, b) for a, b in zip(jax.jit(f)(*args), ref)) for n, f in zip(names, fns)
@@ -355,12 +357,16 @@ def bench_shape(
       continue
     ran = runs[keys[a]]
     t = times[ran]
+    ratios = round_ratios(per_round["lax"], per_round[ran])
     r = {
       "algorithm": keys[a][0],
       "tile": list(keys[a][1]) if keys[a][1] else None,
       "median_s": t,
       "ms": t * 1e3,
-      "speedup": times["lax"] / t,
+      # The median of the per-round ratios, with their quartiles (`round_ratios`).
+      "speedup": ratios[1],
+      "speedup_quartiles": [ratios[0], ratios[2]],
+      "rounds_ms": [r * 1e3 for r in per_round[ran]],
       "gflops": flops / t / 1e9,
       "gemm_fraction": flops / t / gemm_rate,
       "error": errors[ran],
@@ -446,6 +452,8 @@ def run(
       bar.update()
   if bar is not None:
     bar.close()
+  # Measured again: a GEMM rate that fell during the run says the machine was busier.
+  gemm_end = measure_gemm(gemm_n)
   return {
     "schema": SCHEMA,
     "command": command,
@@ -453,6 +461,7 @@ def run(
     "machine": machine_info(),
     "rates": {
       "gemm_flops": gemm,
+      "gemm_flops_end": gemm_end,
       "gemm_n": gemm_n,
       "bandwidth_bytes_s": inplace,
       "fresh_buffer_bytes_s": fresh,
@@ -551,12 +560,15 @@ def _render(rows: list[list[str]], markdown: bool, left: int = 1) -> str:
 
 def _machine_lines(record: dict) -> list[str]:
   m, rates = record["machine"], record["rates"]
+  gemm = f"{rates['gemm_flops'] / 1e9:.1f} GFLOP/s"
+  if "gemm_flops_end" in rates:
+    gemm += f" (after the layers: {rates['gemm_flops_end'] / 1e9:.1f})"
   return [
     f"machine: {m['cpu_model']}, {m['cpu_cores_available']} cores available; {m['backend']} "
     f"device {m['device_kind']}; {m['platform']}; host memory {m.get('host_memory', 'fresh')}",
     f"versions: jaxconv {m['jaxconv']}, jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, "
     f"python {m['python']}",
-    f"float32 GEMM ({rates['gemm_n']}^3, best of 7): {rates['gemm_flops'] / 1e9:.1f} GFLOP/s; "
+    f"float32 GEMM ({rates['gemm_n']}^3, best of 7): {gemm}; "
     f"memory bandwidth ({rates['copy_mib']} MiB in place): "
     f"{rates['bandwidth_bytes_s'] / 1e9:.1f} GB/s, to a fresh buffer: "
     f"{rates['fresh_buffer_bytes_s'] / 1e9:.1f} GB/s",
@@ -571,7 +583,7 @@ def format_tables(record: dict, *, markdown: bool = False) -> str:
   if best_lax:
     head.append(f"lax ms, YNN {record['best_lax']['other_ynn_fusions']}")
   for a in algos:
-    head += [f"{a} ms", f"{a} x"] + ([f"{a} x best"] if best_lax else [])
+    head += [f"{a} ms", f"{a} x", f"{a} x IQR"] + ([f"{a} x best"] if best_lax else [])
   head += ["best GF/s", "best %GEMM", "auto picks"]
   rows, err_rows = [head], [["shape", "lax", *algos]]
   gemm = record["rates"]["gemm_flops"]
@@ -588,10 +600,11 @@ def format_tables(record: dict, *, markdown: bool = False) -> str:
     errs = [s["name"], f"{res['lax']['error']:.1e}"]
     for a in algos:
       if "skipped" in res[a]:
-        row += ["-"] * (3 if best_lax else 2)
+        row += ["-"] * (4 if best_lax else 3)
         errs.append("-")
       else:
-        row += [f"{res[a]['ms']:.2f}", f"{res[a]['speedup']:.2f}x"]
+        lo, hi = res[a].get("speedup_quartiles", (math.nan, math.nan))
+        row += [f"{res[a]['ms']:.2f}", f"{res[a]['speedup']:.2f}x", f"{lo:.2f}-{hi:.2f}"]
         if best_lax:
           row.append(f"{res[a]['speedup_best']:.2f}x" if "speedup_best" in res[a] else "-")
         errs.append(f"{res[a]['error']:.1e}")
@@ -599,7 +612,10 @@ def format_tables(record: dict, *, markdown: bool = False) -> str:
     row += [f"{best:.1f}", f"{100 * best * 1e9 / gemm:.0f}%", s["auto"]["label"]]
     rows.append(row)
     err_rows.append(errs)
-  note = "speedup x = lax ms / algorithm ms; GF/s = direct-convolution FLOPs / time"
+  note = (
+    "speedup x = the median over the interleaved rounds of lax's time / the algorithm's in the "
+    "same round, x IQR = their quartiles; ms = medians; GF/s = direct-convolution FLOPs / time"
+  )
   if record["settings"].get("train"):
     note = (
       "training steps (forward, input and kernel gradients; auto picks: what ran for the three); "
@@ -711,8 +727,22 @@ def figures(record: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=size)
     height = 0.8 / max(len(algos), 1)
     for i, a in enumerate(algos):
-      vals = np.array([s["results"][a].get(key, np.nan) for s in shapes][::-1])
-      ax.barh(ys + ((len(algos) - 1) / 2 - i) * height, vals - 1, height, left=1, label=a)
+      res = [s["results"][a] for s in shapes][::-1]
+      vals = np.array([r.get(key, np.nan) for r in res])
+      bars = ax.barh(ys + ((len(algos) - 1) / 2 - i) * height, vals - 1, height, left=1, label=a)
+      if key == "speedup":  # the per-round ratios' quartiles as whiskers
+        q = np.array([r.get("speedup_quartiles", (np.nan, np.nan)) for r in res]).reshape(-1, 2)
+        whisk = np.clip(np.abs(q.T - vals), 0, None)
+        ax.errorbar(
+          vals,
+          ys + ((len(algos) - 1) / 2 - i) * height,
+          xerr=whisk,
+          fmt="none",
+          ecolor=bars.patches[0].get_facecolor() if bars.patches else "black",
+          elinewidth=0.8,
+          capsize=1.5,
+          alpha=0.9,
+        )
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_xlabel(f"speedup over {baseline} (higher is better); {where}", fontsize=9)
     paths.append(finish(fig, ax, out / name, len(algos)))

@@ -162,8 +162,15 @@ def test_cli_bench_end_to_end(tmp_path, capsys):
   res = layer["results"]
   assert set(res) == {"lax", "auto", "im2col", "winograd", "winograd2"}
   assert res["lax"]["speedup"] == 1.0
+  assert record["rates"]["gemm_flops_end"] > 0 and "after the layers" in text
   for name, r in res.items():
     assert r["ms"] > 0 and r["gflops"] > 0 and r["error"] < 1e-5, name
+    # One round: the speedup is that round's ratio, and both quartiles are it too.
+    (lax_round,), (own_round,) = res["lax"]["rounds_ms"], r["rounds_ms"]
+    assert r["ms"] == pytest.approx(own_round), name
+    assert r["speedup"] == pytest.approx(lax_round / own_round), name
+    assert r["speedup_quartiles"] == pytest.approx([r["speedup"]] * 2), name
+  assert "auto x IQR" in text
   # auto ran whatever it picked: timed once, reported under both names.
   picked = res["auto"]["algorithm"]
   assert res["auto"]["same_as"] in ("lax", "im2col", "winograd", "winograd2"), picked

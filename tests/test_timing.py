@@ -1,0 +1,53 @@
+"""Side-by-side timing: the per-round times and the paired ratios the benchmarks report."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv._timing import (
+  interleaved_call_rounds,
+  interleaved_calls,
+  interleaved_medians,
+  interleaved_rounds,
+  round_ratios,
+)
+
+
+def test_round_ratios_cancel_a_slow_spell_that_the_ratio_of_medians_does_not():
+  # The machine halves its speed from the middle of round 3 on: lax (timed first) ran fast in that
+  # round, the algorithm slow. Every round but that one says 2x.
+  lax = [10.0, 10.0, 10.0, 20.0, 20.0]
+  alg = [5.0, 5.0, 10.0, 10.0, 10.0]
+  assert np.median(lax) / np.median(alg) == 1.0
+  assert round_ratios(lax, alg) == (2.0, 2.0, 2.0)
+
+
+def test_round_ratios_quartiles():
+  lo, mid, hi = round_ratios([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0])
+  assert (lo, mid, hi) == pytest.approx((1.75, 2.5, 3.25))
+  assert round_ratios([3.0], [2.0]) == (1.5, 1.5, 1.5)
+
+
+@pytest.mark.parametrize("other", [[1.0], []])
+def test_round_ratios_needs_as_many_rounds(other):
+  with pytest.raises(ValueError, match="as many rounds"):
+    round_ratios([1.0, 2.0] if other else [], other)
+
+
+def test_interleaved_rounds_and_their_medians():
+  fns, args = [jnp.sin, jnp.cos, jnp.tanh], [jnp.ones(16)]
+  rounds = interleaved_rounds(fns, args, rounds=4, min_round_s=0.001)
+  assert len(rounds) == 3 and all(len(r) == 4 and min(r) > 0 for r in rounds)
+  medians = interleaved_medians(fns, args, rounds=3, min_round_s=0.001)
+  assert len(medians) == 3 and min(medians) > 0
+
+
+def test_interleaved_call_rounds_call_each_in_turn():
+  order: list[str] = []
+  calls = {name: (lambda name=name: order.append(name)) for name in "ab"}
+  rounds = interleaved_call_rounds(calls, rounds=3, min_round_s=0.0)
+  assert {k: len(v) for k, v in rounds.items()} == {"a": 3, "b": 3}
+  assert order == ["a", "b"] * 3  # min_round_s = 0: one call per round, in turn
+  assert set(interleaved_calls(calls, rounds=2, min_round_s=0.0)) == {"a", "b"}
