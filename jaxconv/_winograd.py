@@ -58,6 +58,7 @@ __all__ = [
   "WINOGRAD",
   "kernel_matrix",
   "transform_input",
+  "transform_output",
   "winograd",
   "winograd_support",
   "work_dtype",
@@ -257,7 +258,7 @@ def _tiles(
   nd = len(out)
   ms, mats, tiles = _plan(out, ms, w.shape[:nd])
   v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
-  n_ex, ns = x.shape[0], [at.shape[1] for at, _, _ in mats]
+  n_ex = x.shape[0]
   gk = kernel_matrix(mats)
   if flipped:  # every axis reversed is the row-major tap order reversed: G's columns reversed
     gk = gk[:, ::-1]
@@ -351,14 +352,32 @@ def _tiles(
     prod = lax.fori_loop(0, n_ob, block, jnp.zeros(full, part.dtype))
   if features_minor:
     prod = jnp.swapaxes(prod, 1, 2)
-  prod = prod.reshape(n_pos, n_ex, *tiles, g.out_features)
+  return transform_output(prod.reshape(n_pos, n_ex, *tiles, g.out_features), ms, mats, out)
 
-  # Output transform AT M A, one axis at a time, then interleave the m^d outputs of every tile.
-  y = prod.reshape(*ns, n_ex, *tiles, g.out_features)
+
+def transform_output(
+  prod: jax.Array,
+  ms: Sequence[int],
+  mats: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+  out: Sequence[int],
+) -> jax.Array:
+  """The output tiles ``AT M A`` of the products `prod`, interleaved and cropped to `out`.
+
+  Args:
+    prod: (n^d, E, *tiles, O) products of the multiplication stage (see `_plan`).
+
+  Returns:
+    (E, *out, O).
+  """
+  nd = len(ms)
+  ns = [at.shape[1] for at, _, _ in mats]
+  n_ex, tiles, features = prod.shape[1], prod.shape[2:-1], prod.shape[-1]
+  # One axis at a time, then interleave the m^d outputs of every tile.
+  y = prod.reshape(*ns, n_ex, *tiles, features)
   for d, (at, _, _) in enumerate(mats):
     y = _combine(at, [lax.index_in_dim(y, a, d, keepdims=False) for a in range(ns[d])], axis=d)
   perm = [nd] + [p for d in range(nd) for p in (nd + 1 + d, d)] + [2 * nd + 1]
-  y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), g.out_features)
+  y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), features)
   return y[(slice(None), *(slice(0, o) for o in out))]
 
 

@@ -254,3 +254,14 @@ def test_memory_script(tmp_path):
   assert _bench_script("memory").main([*args, "--out", str(out)]) == 0
   rows = [line for line in out.read_text().splitlines() if line.startswith(("| lax", "| im2col"))]
   assert len(rows) == 2 and all(" GB |" in row for row in rows)
+
+
+def test_winograd_stages_script(capsys):
+  script = _bench_script("winograd_stages")
+  args = ["--shapes", "tiny-wide", "--tiles", "2,4", "--rounds", "1", "--min-round-s", "0.001"]
+  assert script.main(args) == 0
+  rows = [line.split() for line in capsys.readouterr().out.splitlines() if "tiny-wide" in line]
+  assert [r[1] for r in rows] == ["2", "4"]
+  assert all(float(r[2]) > 0 and float(r[3]) > 0 and r[4].endswith("x") for r in rows)
+  with pytest.raises(SystemExit, match="stride-1"):
+    script.main(["--shapes", "resnet50-56x128-s2", "--rounds", "1"])
