@@ -2,11 +2,12 @@
 
 ResNet-50's 3x3 layers at batch 8 (SAME, NHWC/HWIO, float32, precision HIGHEST): for each layer and
 each algorithm, the compiled step ``y, (dx, dw) = vjp(conv)(x, w)(ct)`` is timed side by side
-with lax's (`jaxconv._timing.interleaved_medians`) and reported as a ratio of medians, lax /
-jaxconv (above 1 means faster than lax). The backward pass runs jaxconv's transposes, whose
-algorithm the auto rule picks; the column "convs" names what ran, in the step's jaxpr order (the
-forward, then the kernel and input gradients). With ``--through``, the step obtained by letting
-JAX differentiate the algorithm's own gathers and GEMMs (no custom rules) is timed as well.
+with lax's (`jaxconv._timing.interleaved_rounds`) and reported as the median of the per-round
+ratios lax / jaxconv, with their quartiles (above 1 means faster than lax). The backward pass
+runs jaxconv's transposes, whose algorithm the auto rule picks; the column "convs" names what
+ran, in the step's jaxpr order (the forward, then the kernel and input gradients). With
+``--through``, the step obtained by letting JAX differentiate the algorithm's own gathers and
+GEMMs (no custom rules) is timed as well.
 
 Run from the repository root with jaxconv importable (``pip install -e .`` or ``PYTHONPATH=.``).
 
@@ -29,7 +30,7 @@ import jaxconv
 from jaxconv import _api
 from jaxconv import _host_memory as host_memory
 from jaxconv._bench import what_ran
-from jaxconv._timing import interleaved_medians
+from jaxconv._timing import interleaved_rounds, round_ratios
 
 DN = ("NHWC", "HWIO", "NHWC")
 HIGHEST = lax.Precision.HIGHEST
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
   rng = np.random.default_rng(0)
   rows = []
-  print(f"{'layer':<22}{'algorithm':<22}{'convs':<26}{'lax ms':>9}{'ms':>9}{'lax/x':>8}")
+  print(f"{'layer':<22}{'algorithm':<22}{'convs':<26}{'lax ms':>9}{'ms':>9}{'lax/x (IQR)':>20}")
   for size in args.layers:
     c = LAYERS[size]
     x = jnp.asarray(rng.standard_normal((args.batch, size, size, c)), jnp.float32)
@@ -88,14 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.through:
       variants += [(f"{a} (through)", _step(_through(a, x, w))) for a in ("im2col", "winograd")]
     fns = [_step(_conv("lax")), *(f for _, f in variants)]
-    times = interleaved_medians(fns, [x, w, ct], rounds=args.rounds)
+    rounds = interleaved_rounds(fns, [x, w, ct], rounds=args.rounds)
+    lax_s = float(np.median(rounds[0]))
     layer = f"{size}x{size}x{c}->{c}"
-    for (name, f), t in zip(variants, times[1:]):
+    for (name, f), r in zip(variants, rounds[1:]):
       ran = what_ran(f, x, w, ct) if "through" not in name else "(autodiff)"
-      ratio = times[0] / t
-      print(f"{layer:<22}{name:<22}{ran:<26}{1e3 * times[0]:>9.1f}{1e3 * t:>9.1f}{ratio:>8.2f}")
+      t = float(np.median(r))
+      lo, ratio, hi = round_ratios(rounds[0], r)
+      cell = f"{ratio:.2f} ({lo:.2f}-{hi:.2f})"
+      print(f"{layer:<22}{name:<22}{ran:<26}{1e3 * lax_s:>9.1f}{1e3 * t:>9.1f}{cell:>20}")
       rows.append(
-        dict(layer=layer, algorithm=name, convs=ran, lax_s=times[0], s=t, lax_over_jaxconv=ratio)
+        dict(
+          layer=layer,
+          algorithm=name,
+          convs=ran,
+          lax_s=lax_s,
+          s=t,
+          lax_over_jaxconv=ratio,
+          quartiles=[lo, hi],
+        )
       )
     sys.stdout.flush()
   if args.json:
