@@ -1,4 +1,4 @@
-"""Side-by-side timing: compiled ahead, interleaved rounds, medians and ratios."""
+"""Side-by-side timing: compiled ahead, interleaved rounds, medians and per-round ratios."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 
 __all__ = [
   "interleaved_call_rounds",
-  "interleaved_calls",
   "interleaved_medians",
   "interleaved_rounds",
   "ratio_text",
@@ -128,17 +127,3 @@ def interleaved_call_rounds(
         n += 1
       times[name].append((time.perf_counter() - start) / n)
   return times
-
-
-def interleaved_calls(
-  calls: Mapping[str, Callable[[], Any]], *, rounds: int = 7, min_round_s: float = 0.05
-) -> dict[str, float]:
-  """Median seconds per call over `interleaved_call_rounds`.
-
-  Example:
-    >>> t = interleaved_calls({"a": lambda: None}, rounds=2, min_round_s=0.001)
-    >>> t["a"] > 0
-    True
-  """
-  times = interleaved_call_rounds(calls, rounds=rounds, min_round_s=min_round_s)
-  return {name: float(np.median(t)) for name, t in times.items()}

@@ -8,7 +8,6 @@ import pytest
 
 from jaxconv._timing import (
   interleaved_call_rounds,
-  interleaved_calls,
   interleaved_medians,
   interleaved_rounds,
   round_ratios,
@@ -50,4 +49,3 @@ def test_interleaved_call_rounds_call_each_in_turn():
   rounds = interleaved_call_rounds(calls, rounds=3, min_round_s=0.0)
   assert {k: len(v) for k, v in rounds.items()} == {"a": 3, "b": 3}
   assert order == ["a", "b"] * 3  # min_round_s = 0: one call per round, in turn
-  assert set(interleaved_calls(calls, rounds=2, min_round_s=0.0)) == {"a", "b"}
