@@ -30,7 +30,7 @@ import jaxconv
 from jaxconv import _api
 from jaxconv import _host_memory as host_memory
 from jaxconv._bench import what_ran
-from jaxconv._timing import interleaved_rounds, round_ratios
+from jaxconv._timing import interleaved_rounds, ratio_text, round_ratios
 
 DN = ("NHWC", "HWIO", "NHWC")
 HIGHEST = lax.Precision.HIGHEST
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
       ran = what_ran(f, x, w, ct) if "through" not in name else "(autodiff)"
       t = float(np.median(r))
       lo, ratio, hi = round_ratios(rounds[0], r)
-      cell = f"{ratio:.2f} ({lo:.2f}-{hi:.2f})"
+      cell = ratio_text(rounds[0], r)
       print(f"{layer:<22}{name:<22}{ran:<26}{1e3 * lax_s:>9.1f}{1e3 * t:>9.1f}{cell:>20}")
       rows.append(
         dict(
