@@ -12,12 +12,16 @@ script times, in the same interleaved rounds (`jaxconv._timing`):
 * ``gemm``: the multiplication stage alone, (n^2, E * tiles, C) x (n^2, C, O);
 * ``output``: `transform_output` of the products alone, to (E, *out, O);
 * ``copy``: ``v * 2`` over an array as large as the transformed input, one elementwise pass that
-  reads and writes as many bytes as the input transform writes: its floor on this machine.
+  reads and writes as many bytes as the input transform writes: its floor on this machine;
+* ``gather``: the ``n^2`` strided views of the padded input that the input transform reads,
+  stacked as they are (no arithmetic): what writing them as one (n^2, ...) array costs;
+* ``view sum``: the same views added into one tile-sized array: what reading them costs.
 
 It reports each stage's median and share of ``whole``, the GEMM's rate, and the bytes each
-transform writes per second beside the copy's; ratios are medians of per-round ratios with their
-quartiles (`jaxconv._timing.round_ratios`). Layers must be 2-D, ungrouped, stride 1, undilated,
-with a 3x3 kernel (ResNet-50's stride-1 layers by default):
+transform writes per second beside the copy's and the gather's (the gather moves as many bytes as
+the input transform; the view sum reads them and writes ``1 / n^2`` of them); ratios are medians
+of per-round ratios with their quartiles (`jaxconv._timing.round_ratios`). Layers must be 2-D,
+ungrouped, stride 1, undilated, with a 3x3 kernel (ResNet-50's stride-1 layers by default):
 
   python bench/winograd_stages.py [--shapes resnet50-56x64,...] [--tiles 2,4,6] [--rounds 9]
 """
@@ -47,7 +51,7 @@ HIGHEST = lax.Precision.HIGHEST
 
 
 def stage_calls(name: str, m: int) -> tuple[dict, dict]:
-  """The six blocking callables of one layer and tile, and the sizes the report needs."""
+  """The blocking callables of one layer and tile, and the sizes the report needs."""
   shape = by_name(name)
   x_np, k_np = shape.arrays()
   g = normalize(x_np, k_np, **shape.kwargs())
@@ -74,6 +78,20 @@ def stage_calls(name: str, m: int) -> tuple[dict, dict]:
   u = jnp.asarray(rng.standard_normal((n_pos, c, o), dtype=np.float32))
   prod = jnp.asarray(rng.standard_normal((n_pos, e, *tiles, o), dtype=np.float32))
 
+  ns = [bt.shape[0] for _, _, bt in mats]
+  need = [t * mm + n - mm for t, mm, n in zip(tiles, ms, ns)]
+
+  def views(xb):  # position (i, j) of every tile: the strided views `transform_input` reads
+    xb = jnp.pad(
+      xb, [(0, 0)] * 2 + [(0, max(0, n - s)) for n, s in zip(need, xb.shape[2:4])] + [(0, 0)]
+    )
+    lo = [(0, 0, i, j, 0) for i in range(ns[0]) for j in range(ns[1])]
+    hi = [
+      (e, 1, a + (tiles[0] - 1) * ms[0] + 1, b + (tiles[1] - 1) * ms[1] + 1, c)
+      for _, _, a, b, _ in lo
+    ]
+    return [lax.slice(xb, s, t, (1, 1, *ms, 1)) for s, t in zip(lo, hi)]
+
   def gemm(v, u):
     return lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=HIGHEST)
 
@@ -93,6 +111,8 @@ def stage_calls(name: str, m: int) -> tuple[dict, dict]:
     "gemm": (gemm, (v, u)),
     "output": (lambda p: transform_output(p, ms, mats, out), (prod,)),
     "copy": (lambda v: v * 2, (v,)),
+    "gather": (lambda xb: jnp.stack(views(xb)), (xb,)),
+    "view sum": (lambda xb: sum(views(xb)), (xb,)),
   }
   calls = {}
   for label, (fn, args) in programs.items():
@@ -123,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, host memory {host_memory.state()}"
   )
   head = ["layer", "m", "lax ms", "whole ms", "whole x lax", "input ms", "gemm ms", "output ms"]
-  head += ["stages/whole", "gemm GF/s", "input GB/s", "output GB/s", "copy GB/s"]
+  head += ["stages/whole", "gemm GF/s", "input GB/s", "output GB/s", "copy GB/s", "gather GB/s"]
+  head += ["view sum GB/s"]
   print("  ".join(f"{h:>17}" for h in head))
   for name in args.shapes.split(","):
     for m in (int(t) for t in args.tiles.split(",")):
@@ -148,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{moved_in / med['input'] / 1e9:.1f}",
         f"{moved_out / med['output'] / 1e9:.1f}",
         f"{2 * sz['transformed_bytes'] / med['copy'] / 1e9:.1f}",
+        f"{moved_in / med['gather'] / 1e9:.1f}",
+        f"{sz['transformed_bytes'] / med['view sum'] / 1e9:.1f}",
       ]
       print("  ".join(f"{c:>17}" for c in row))
       sys.stdout.flush()
