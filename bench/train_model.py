@@ -14,10 +14,11 @@ the same start are checked to give the same losses.
 
 Where PyTorch is importable (it is never a dependency of jaxconv), the same two models also run in
 PyTorch (eager, float32, channels-last activations and weights, as many threads as the process may
-use, `OMP_WAIT_POLICY=PASSIVE` as in bench/pytorch.py), from the same initial parameters and
-batches: batch norm from batch statistics, the same loss, the same update (v = 0.9 v + g;
-p = p - 0.01 v). Its three losses are checked against lax's, and its step (forward, autograd
-backward, update) is timed in the same interleaved rounds as the two JAX steps
+use, `OMP_WAIT_POLICY=PASSIVE` as in bench/pytorch.py; where JAX runs on a GPU, on that GPU, with
+TF32 off as precision HIGHEST has it and cuDNN's benchmark mode on), from the same initial
+parameters and batches: batch norm from batch statistics, the same loss, the same update
+(v = 0.9 v + g; p = p - 0.01 v). Its three losses are checked against lax's, and its step
+(forward, autograd backward, update) is timed in the same interleaved rounds as the two JAX steps
 (`interleaved_call_rounds`); ``torch ms`` is its median and ``x torch`` is torch ms / jaxconv ms
 (above 1: jaxconv is faster). Without PyTorch these columns are skipped. Every time is a median over
 the rounds; every ratio is the median of the per-round ratios, with their quartiles in brackets
@@ -194,10 +195,15 @@ def _step(loss, backend):
 # The same models in PyTorch (NCHW tensors in channels-last memory). ----------------------------
 
 
+def _torch_device() -> str:
+  """PyTorch's device: the GPU where JAX runs on one (and PyTorch sees it), else the CPU."""
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def _torch_nchw(a) -> torch.Tensor:
   """An NHWC array as an NCHW float32 tensor in channels-last memory."""
   t = torch.from_numpy(np.array(a, np.float32)).permute(0, 3, 1, 2)
-  return t.contiguous(memory_format=torch.channels_last)
+  return t.to(_torch_device()).contiguous(memory_format=torch.channels_last)
 
 
 def _torch_kernel(w, transposed: bool = False) -> torch.Tensor:
@@ -206,7 +212,8 @@ def _torch_kernel(w, transposed: bool = False) -> torch.Tensor:
   # lax.conv_transpose (transpose_kernel=False) correlates the dilated input with w itself;
   # conv_transpose2d correlates it with its (I, O, kH, kW) weight flipped in H and W.
   w = w[::-1, ::-1].transpose(2, 3, 0, 1) if transposed else w.transpose(3, 2, 0, 1)
-  return torch.from_numpy(np.ascontiguousarray(w)).contiguous(memory_format=torch.channels_last)
+  t = torch.from_numpy(np.ascontiguousarray(w)).to(_torch_device())
+  return t.contiguous(memory_format=torch.channels_last)
 
 
 def _torch_params(params) -> dict:
@@ -214,7 +221,7 @@ def _torch_params(params) -> dict:
 
   def leaf(path, p):
     if p.ndim != 4:
-      t = torch.from_numpy(np.array(p, np.float32))
+      t = torch.from_numpy(np.array(p, np.float32)).to(_torch_device())
     else:
       t = _torch_kernel(p, transposed=getattr(path[-1], "key", None) in UP)
     return t.requires_grad_()
@@ -269,7 +276,10 @@ TORCH_LOSSES = {"resnet": resnet_torch_loss, "unet": unet_torch_loss}
 
 def _torch_batch(name: str, batch) -> tuple:
   x, y = batch
-  y = torch.from_numpy(np.array(y, np.int64)) if name == "resnet" else _torch_nchw(y)
+  if name == "resnet":
+    y = torch.from_numpy(np.array(y, np.int64)).to(_torch_device())
+  else:
+    y = _torch_nchw(y)
   return _torch_nchw(x), y
 
 
@@ -287,6 +297,8 @@ def _torch_step(name: str, params, batch):
       for p, v in zip(leaves, velocity):
         v.mul_(0.9).add_(p.grad)
         p.sub_(v, alpha=0.01)
+    if value.is_cuda:  # timed as the JAX steps are: until the step's work is done
+      torch.cuda.synchronize()
     return value.detach()
 
   return step
@@ -297,7 +309,7 @@ def _check_up() -> float:
   x, w = jax.random.normal(jax.random.key(2), (2, 16, 16, 128)), unet_init(jax.random.key(3))["u2"]
   ref = lax.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=DN, precision=HIGHEST)
   got = _torch_up(_torch_nchw(x), _torch_kernel(w, transposed=True)).permute(0, 2, 3, 1)
-  err = float(np.abs(got.numpy() - np.asarray(ref)).max())
+  err = float(np.abs(got.cpu().numpy() - np.asarray(ref)).max())
   assert err < 1e-4 * float(np.abs(ref).max()), err
   return err
 
@@ -333,8 +345,14 @@ def main(argv: list[str] | None = None) -> int:
   else:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(threads)
+    where = f"{threads} threads"
+    if _torch_device() == "cuda":
+      # float32 as lax's precision HIGHEST computes it: no TF32 in convolutions or matmuls.
+      torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+      torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest kernels, as XLA autotunes
+      where = torch.cuda.get_device_name()
     print(
-      f"torch {torch.__version__} ({threads} threads, eager, channels-last); "
+      f"torch {torch.__version__} ({where}, eager, channels-last); "
       f"transposed convolution vs lax: max abs difference {_check_up():.1e}"
     )
     print(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -267,3 +269,33 @@ def test_winograd_stages_script(capsys):
   assert all(len(r) == 16 and float(r[14]) >= 0 and float(r[15]) >= 0 for r in rows)
   with pytest.raises(SystemExit, match="stride-1"):
     script.main(["--shapes", "resnet50-56x128-s2", "--rounds", "1"])
+
+
+def test_gpu_script_runs_its_steps(tmp_path):
+  # bench/gpu.sh is the GPU session's recipe; on tiny layers its tune, forward and train steps run
+  # anywhere, each writing its log and `jaxconv bench`'s results.
+  script = Path(__file__).parent.parent / "bench" / "gpu.sh"
+  env = {
+    **os.environ,
+    "PYTHON": sys.executable,
+    "LAYERS": "tiny-wide",
+    "EXTRA": "tiny",
+    "GEMM_N": "64",
+    "COPY_MIB": "1",
+  }
+  run = subprocess.run(
+    ["bash", str(script), str(tmp_path), "tune", "forward", "train"],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert run.stdout.count("exit 0") == 3, run.stdout
+  assert "tiny-wide" in (tmp_path / "tune.txt").read_text()
+  for step in ("forward", "train"):
+    record = json.loads((tmp_path / step / "bench.json").read_text())
+    names = {s["name"] for s in record["shapes"]}
+    assert names == ({"tiny-wide"} if step == "train" else {"tiny", "tiny-wide"})
+    assert record["settings"]["train"] == (step == "train")
+  bad = subprocess.run(["bash", str(script), str(tmp_path), "nonsense"], capture_output=True)
+  assert bad.returncode == 2
