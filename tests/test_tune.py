@@ -137,6 +137,30 @@ def test_decide_drops_candidates_beyond_their_tolerance(measured):
   assert label == "lax" and "within" in reason
 
 
+def test_measure_checks_against_float64_where_a_candidate_differs_from_lax(monkeypatch):
+  # Only where some candidate is further from lax than its tolerance (here forced: im2col's is
+  # negative): lax may be the one that rounds, so every error is taken against float64 instead.
+  entry = _tune.measure(_geometry(), timer=FakeTimer(), store=False)
+  assert entry["reference"] == "lax" and entry["errors"]["lax"] == 0.0
+  monkeypatch.setattr(type(jaxconv._im2col.IM2COL), "tolerance", lambda self, g, v: -1.0)
+  entry = _tune.measure(_geometry(), timer=FakeTimer(), store=False)
+  assert entry["reference"] == "float64"
+  errors = entry["errors"]
+  assert 0 < errors["lax"] < 1e-6 and 0 < errors["im2col"] < 1e-6
+  assert errors["winograd2"] < errors["winograd4"] < errors["winograd6"] < 1e-5
+  # Against float64, a candidate may be off by lax's own error plus its tolerance.
+  assert _tune.decide(_geometry(), entry, ["im2col"])[0] == "lax"  # no tolerance left
+  monkeypatch.undo()
+  tol = jaxconv._im2col.IM2COL.tolerance(_geometry(), None)
+  e = {**entry, "times": {**FAKE, "im2col": 0.5}, "errors": {**errors, "lax": 3 * tol}}
+  assert _tune.decide(_geometry(), {**e, "errors": {**e["errors"], "im2col": 3.9 * tol}},
+                      ["im2col"])[0] == "im2col"  # fmt: skip
+  label, reason = _tune.decide(
+    _geometry(), {**e, "errors": {**e["errors"], "im2col": 4.1 * tol}}, ["im2col"]
+  )
+  assert label == "lax" and "dropped for accuracy: im2col" in reason
+
+
 def test_auto_uses_a_cached_measurement_and_respects_exact_nonfinite(measured):
   entry, _ = measured
   g = _geometry()
