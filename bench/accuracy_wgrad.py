@@ -26,6 +26,8 @@ LAYERS = [
   ("2-D 2x16x16xC, 3x3", (2, 16, 16, 64), (3, 3, 64, 64), ("NHWC", "HWIO", "NHWC")),
   ("2-D 2x16x16xC, 3x3", (2, 16, 16, 256), (3, 3, 256, 256), ("NHWC", "HWIO", "NHWC")),
   ("3-D 2x6x12x12xC, 3x3x3", (2, 6, 12, 12, 32), (3, 3, 3, 32, 32), ("NDHWC", "DHWIO", "NDHWC")),
+  # ResNet-50's first 3x3 layer at batch 8: 25,088 terms per sum, where lax's own sum rounds.
+  ("2-D 8x56x56xC, 3x3", (8, 56, 56, 64), (3, 3, 64, 64), ("NHWC", "HWIO", "NHWC")),
 ]
 
 

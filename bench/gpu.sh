@@ -85,7 +85,7 @@ for step in "${steps[@]}"; do
         --algorithms auto,im2col,winograd4 --benchmark-max-time=0.2 \
         "--benchmark-json=$dir/bench-pytest.json" ;;
     tests)
-      run_step tests 300 "$py" -m pytest -q -x -p no:cacheprovider -o addopts="-ra" \
+      run_step tests 300 "$py" -m pytest -q -p no:cacheprovider -o addopts="-ra" \
         -W default::DeprecationWarning \
         tests/test_im2col.py tests/test_winograd.py tests/test_direct.py tests/test_autodiff.py \
         tests/test_wgrad.py tests/test_subpixel.py tests/test_col2im.py tests/test_regressions.py ;;

@@ -17,7 +17,8 @@ script times, in the same interleaved rounds (`jaxconv._timing`):
   stacked as they are (no arithmetic): what writing them as one (n^2, ...) array costs;
 * ``view sum``: the same views added into one tile-sized array: what reading them costs.
 
-It reports each stage's median and share of ``whole``, the GEMM's rate, and the bytes each
+It reports each stage's median and share of ``whole``, the GEMM's rate, how many cores each call
+kept busy (the process's CPU time over the wall time), and the bytes each
 transform writes per second beside the copy's and the gather's (the gather moves as many bytes as
 the input transform; the view sum reads them and writes ``1 / n^2`` of them); ratios are medians
 of per-round ratios with their quartiles (`jaxconv._timing.round_ratios`). Layers must be 2-D,
@@ -29,9 +30,11 @@ ungrouped, stride 1, undilated, with a 3x3 kernel (ResNet-50's stride-1 layers b
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +132,14 @@ def stage_calls(name: str, m: int) -> tuple[dict, dict]:
   return calls, sizes
 
 
+def _timed(call, spent: list[float]) -> None:
+  """Calls `call`, adding the process's CPU time (every thread) and the wall time to `spent`."""
+  cpu, wall = time.process_time(), time.perf_counter()
+  call()
+  spent[0] += time.process_time() - cpu
+  spent[1] += time.perf_counter() - wall
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated shape-table names")
@@ -149,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
   for name in args.shapes.split(","):
     for m in (int(t) for t in args.tiles.split(",")):
       calls, sz = stage_calls(name, m)
+      spent = {label: [0.0, 0.0] for label in calls}  # CPU seconds, wall seconds
+      calls = {label: functools.partial(_timed, c, spent[label]) for label, c in calls.items()}
       t = interleaved_call_rounds(calls, rounds=args.rounds, min_round_s=args.min_round_s)
       med = {label: float(np.median(r)) for label, r in t.items()}
       stages = [a + b + c for a, b, c in zip(t["input"], t["gemm"], t["output"])]
@@ -173,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{sz['transformed_bytes'] / med['view sum'] / 1e9:.1f}",
       ]
       print("  ".join(f"{c:>17}" for c in row))
+      busy = ", ".join(f"{label} {c / w:.2f}" for label, (c, w) in spent.items())
+      print(f"  cores busy (CPU time / wall time): {busy}")
       sys.stdout.flush()
   return 0
 
