@@ -149,7 +149,18 @@ class Wgrad(Algorithm):
     if fwd is None or tuple(fwd.out_shape) != tuple(g.rhs_shape):
       return "it computes kernel gradients of layers, and this convolution is not one"
     why = WINOGRAD.cannot(fwd)
-    return None if why is None else f"the forward layer cannot run Winograd: {why}"
+    if why is not None:
+      return f"the forward layer cannot run Winograd: {why}"
+    if math.prod(fwd.kernel) > math.prod(fwd.out_spatial):
+      # Any convolution is some layer's kernel gradient; a forward one is that of a layer with a
+      # kernel larger than its output, whose wide tiles took seconds to compile and ran 5-40x
+      # slower than lax (ResNet-50's 7x7x512 forward: 62-115 ms against 12 ms; its 14x14x512
+      # stride-2 one 229-475 ms against 11-17 ms).
+      return (
+        f"it computes kernel gradients of layers whose kernel is no larger than their output, "
+        f"and this one would be a {fwd.kernel} kernel's over a {fwd.out_spatial} output"
+      )
+    return None
 
   def variants(self, g: ConvGeometry) -> tuple[tuple[int, ...], ...]:
     return WINOGRAD.variants(forward_of(g))

@@ -64,6 +64,16 @@ def test_wgrad_declines_a_layer_whose_dual_winograd_cannot_run():
     )
 
 
+def test_wgrad_declines_a_forward_convolution():
+  # A forward layer is the kernel gradient of one whose kernel (7x7) is larger than its output
+  # (3x3): wide tiles, seconds to compile, many times slower than lax; not a candidate.
+  x, w = jnp.ones((2, 7, 7, 8)), jnp.ones((3, 3, 8, 8))
+  with pytest.raises(NotImplementedError, match=r"a \(7, 7\) kernel's over a \(3, 3\) output"):
+    jaxconv.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), algorithm="wgrad"
+    )
+
+
 def test_auto_runs_a_3d_kernel_gradient_in_the_winograd_domain():
   x, w = jnp.ones((2, 16, 32, 32, 32)), jnp.ones((3, 3, 3, 32, 32))  # the benchmark's layer
   kwargs = dict(padding="SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=HIGHEST)
