@@ -528,6 +528,11 @@ KERNEL_RATE = 4.2e9  # bytes/s of transformed kernel (written fresh on every cal
 BLOCKED_SUM_COST = 2.0  # GEMM time factor of channel sums split into blocks (for accuracy)
 
 
+def _kernel_exceeds_output(g: ConvGeometry) -> bool:
+  """Whether the kernel has more taps than the output has positions (a kernel gradient's shape)."""
+  return math.prod(g.kernel) > math.prod(g.out_spatial)
+
+
 def _tile(g: ConvGeometry, m: int) -> tuple[int, ...]:
   return tuple(m if k > 1 else 1 for k in g.kernel)
 
@@ -571,6 +576,10 @@ class Winograd(Algorithm):
     return why
 
   def variants(self, g: ConvGeometry) -> tuple[tuple[int, ...], ...]:
+    if _kernel_exceeds_output(g):
+      # A kernel gradient's shape: each tile as wide as the kernel (F(m, 7) at ResNet-50's
+      # 7x7x512 layer, 30-130 ms against lax's 24-29 ms), slow to compile: none worth measuring.
+      return ()
     return tuple(dict.fromkeys(_tile(g, m) for m in TILES))
 
   def resolve(self, g: ConvGeometry, hint: object) -> tuple[int, ...]:
@@ -582,6 +591,8 @@ class Winograd(Algorithm):
     return f"Winograd F({max(variant)}, {g.kernel}) (cost model: GEMM work, transform traffic)"
 
   def why_not_predicted(self, g: ConvGeometry) -> str:
+    if _kernel_exceeds_output(g):
+      return "Winograd tiles as wide as a kernel larger than the output do not pay"
     if g.ndim == 1:
       return "1-D Winograd saves 2x, not 4x, and measured slower than lax (0.79x, 8x4096x256)"
     if max(g.rhs_dilation) > 1:

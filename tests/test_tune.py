@@ -379,3 +379,28 @@ def test_cli_tune_train_measures_the_gradients_convolutions_too(capsys, monkeypa
   ]
   assert all("tuned in" in line for line in lines), lines
   assert main(["tune", "--clear"]) == 0
+
+
+def test_kernel_gradient_shapes_are_not_measured_on_winograd_tiles():
+  # A kernel with more taps than the output has positions (a kernel gradient's shape): plain
+  # Winograd's tiles would be as wide as the kernel, so the tuner does not time them (`wgrad`,
+  # the kernel gradient of a 3x3 layer, is timed instead), and `wgrad` is no candidate for a
+  # forward convolution; forcing Winograd still computes it.
+  x, w = jnp.ones((2, 9, 9, 4)), jax.random.normal(jax.random.key(0), (7, 7, 4, 4))
+  g = normalize(x, w, (1, 1), "VALID", dimension_numbers=DN)
+  labels = [label for label, _, _ in _tune.candidates(g)]
+  assert labels == ["lax", "im2col", "wgrad2", "wgrad4", "wgrad6"], labels
+  x = jax.random.normal(jax.random.key(1), x.shape)
+  got = jaxconv.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN,
+                                     algorithm="winograd2")  # fmt: skip
+  want = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN, precision="highest")
+  assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+  # A forward layer shaped like ResNet-50's 7x7x512 one keeps its Winograd tiles.
+  fwd = normalize(jnp.ones((2, 7, 7, 8)), jnp.ones((3, 3, 8, 8)), **KW)
+  assert [label for label, _, _ in _tune.candidates(fwd)] == [
+    "lax",
+    "im2col",
+    "winograd2",
+    "winograd4",
+    "winograd6",
+  ]
