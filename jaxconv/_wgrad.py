@@ -51,6 +51,7 @@ from jaxconv._winograd import (
   WINOGRAD,
   _bytes_per_example,
   _combine,
+  _kernel_exceeds_output,
   _phases,
   _plan,
   kernel_matrix,
@@ -151,7 +152,7 @@ class Wgrad(Algorithm):
     why = WINOGRAD.cannot(fwd)
     if why is not None:
       return f"the forward layer cannot run Winograd: {why}"
-    if math.prod(fwd.kernel) > math.prod(fwd.out_spatial):
+    if _kernel_exceeds_output(fwd):
       # Any convolution is some layer's kernel gradient; a forward one is that of a layer with a
       # kernel larger than its output, whose wide tiles took seconds to compile and ran 5-40x
       # slower than lax (ResNet-50's 7x7x512 forward: 62-115 ms against 12 ms; its 14x14x512
