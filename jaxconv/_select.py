@@ -128,8 +128,8 @@ def _plan(g: ConvGeometry, name: str, variant: Variant, reason: str) -> Plan:
 
 
 def _resolve(g: ConvGeometry, label: str) -> tuple[str, Variant]:
-  a, hint = forced(label)
-  return a.name, a.resolve(g, hint)
+  a, variant = _tune.variant_of(g, label)
+  return a.name, variant
 
 
 def _exact_only(g: ConvGeometry) -> str | None:

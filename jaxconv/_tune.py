@@ -54,7 +54,7 @@ from jaxconv import _cache
 from jaxconv._geometry import ConvGeometry
 from jaxconv._host_memory import host_memory_kept
 from jaxconv._lax import LAX
-from jaxconv._registry import REGISTRY, forced
+from jaxconv._registry import REGISTRY
 
 __all__ = [
   "MARGIN",
@@ -69,6 +69,7 @@ __all__ = [
   "rel_error",
   "set_autotune",
   "tune",
+  "variant_of",
 ]
 
 MARGIN = 1.04  # a candidate must beat lax by 4% to replace it
@@ -235,6 +236,15 @@ def candidates(g: ConvGeometry) -> list[tuple[str, Any, Any]]:
   return out
 
 
+def variant_of(g: ConvGeometry, label: str) -> tuple[Any, Any]:
+  """The algorithm and variant behind a candidate's label for `g` (as `candidates` names them).
+
+  Not `forced(label)`: a variant's label need not be a name `algorithm=` takes (Winograd's tiles
+  on a 1x1 kernel are "winograd1").
+  """
+  return next((a, v) for lab, a, v in candidates(g) if lab == label)
+
+
 _measure_lock = threading.Lock()  # one measurement at a time: two would time each other
 
 
@@ -375,8 +385,8 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
   for label in allowed:
     if label not in times or label == "lax":
       continue
-    a, hint = forced(label)
-    tol = a.tolerance(g, a.resolve(g, hint))
+    a, variant = variant_of(g, label)
+    tol = a.tolerance(g, variant)
     if errors.get(label, float("inf")) > slack + tol:
       dropped.append(f"{label} (error {errors.get(label, float('nan')):.1e} > {slack + tol:.1e})")
     else:

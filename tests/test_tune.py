@@ -404,3 +404,23 @@ def test_kernel_gradient_shapes_are_not_measured_on_winograd_tiles():
     "winograd4",
     "winograd6",
   ]
+
+
+def test_a_measured_variant_labelled_by_its_tile_is_decided_and_run():
+  # A 1x1 output (a fully connected layer as a VALID convolution) makes `wgrad` the kernel
+  # gradient of a 1x1 layer, whose tile is labelled "wgrad1": no name `algorithm=` takes, and
+  # deciding on it raised KeyError.
+  x = jax.random.normal(jax.random.key(0), (8, 7, 7, 64))
+  w = jax.random.normal(jax.random.key(1), (7, 7, 64, 128))
+  kw = dict(window_strides=(1, 1), padding="VALID", dimension_numbers=DN)
+  g = normalize(x, w, **kw)
+  assert "wgrad1" in [label for label, _, _ in _tune.candidates(g)]
+  with jaxconv.autotune():
+    p = jaxconv.plan(x, w, **kw)
+    y = jaxconv.conv_general_dilated(x, w, **kw)
+  assert p.reason.startswith("measured")
+  for label in ("wgrad1", "im2col"):
+    a, v = _tune.variant_of(g, label)
+    assert a.label(v) == label
+  want = lax.conv_general_dilated(x, w, **kw, precision="highest")
+  assert np.linalg.norm(y - want) / np.linalg.norm(want) < 1e-5
