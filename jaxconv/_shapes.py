@@ -12,6 +12,7 @@ groups and dtype, plus tags to select subsets by:
 * ``depthwise``: every depthwise layer: MobileNet-v2's 3x3 ones (``mobilenet``, one stride 2),
   ConvNeXt's 7x7 ones (``convnext``) and EfficientNet-B0's 5x5 ones (``efficientnet``).
 * ``3d``: 3x3x3 layers of video and medical-volume networks (one depthwise), layout NDHWC.
+* ``pointwise``: ResNet-50's bottleneck 1x1 layers at batch 8 (one a stride-2 projection).
 * ``5x5``: a 5x5 layer. ``1d``: 1-D layers, an audio front end and a sequence layer.
 * ``float32`` / ``bfloat16``: the dtype (every entry has one). bfloat16 variants repeat a few
   float32 layers under the same name plus ``-bf16``.
@@ -266,6 +267,17 @@ def _build() -> tuple[Shape, ...]:
         tags=("3d", "quick") if quick else ("3d",),
         note=note,
       )
+    )
+  # ResNet-50's bottleneck 1x1 layers: two of every block's three convolutions.
+  for hw, c, o, s, note in (
+    (56, 256, 64, 1, "reduces a stage-1 block's 256 features to 64"),
+    (56, 64, 256, 1, "expands them back to 256"),
+    (56, 256, 512, 2, "stage 2's stride-2 projection shortcut"),
+    (14, 1024, 256, 1, "reduces a stage-3 block's 1024 features to 256"),
+  ):
+    name = f"resnet50-1x1-{hw}x{c}-{o}" + ("-s2" if s > 1 else "")
+    out.append(
+      _conv2d(name, 8, hw, c, o, k=1, s=s, tags=("pointwise",), note=f"ResNet-50 1x1: {note}")
     )
   out.append(_conv2d("conv5x5-32x64", 8, 32, 64, 64, k=5, tags=("5x5",), note="a 5x5 layer"))
   out.append(

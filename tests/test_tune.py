@@ -424,3 +424,28 @@ def test_a_measured_variant_labelled_by_its_tile_is_decided_and_run():
     assert a.label(v) == label
   want = lax.conv_general_dilated(x, w, **kw, precision="highest")
   assert np.linalg.norm(y - want) / np.linalg.norm(want) < 1e-5
+
+
+def test_a_1x1_kernel_runs_lax_unless_measured():
+  # A 1x1 kernel is one matrix product, which lax runs unless a measurement finds a faster form;
+  # its layer goes through jaxconv's primitive, so its gradients are measured too.
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 64))
+  w = jax.random.normal(jax.random.key(1), (1, 1, 64, 64))
+  kw = dict(window_strides=(1, 1), padding="VALID", dimension_numbers=DN)
+  g = normalize(x, w, **kw)
+  assert _select.measurable(g)
+  p = jaxconv.plan(x, w, **kw)
+  assert p.algorithm == "lax" and "1x1" in p.reason and p.reason.startswith("predicted")
+  assert [label for label, _, _ in _tune.candidates(g)] == ["lax", "im2col", "winograd1"]
+  loss = lambda x, w: jnp.sum(jaxconv.conv_general_dilated(x, w, **kw) ** 2)
+  eqns = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).eqns
+  assert any(e.primitive.name == "jaxconv_conv" for e in eqns)
+  with jaxconv.autotune():
+    p = jaxconv.plan(x, w, **kw)
+    grads = jax.grad(loss, (0, 1))(x, w)
+  assert p.reason.startswith("measured")
+  ref = jax.grad(
+    lambda x, w: jnp.sum(lax.conv_general_dilated(x, w, **kw, precision="highest") ** 2), (0, 1)
+  )(x, w)
+  for a, b in zip(grads, ref):
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
