@@ -6,9 +6,9 @@
 # Steps (each under its own time limit, each writing DIR/STEP.txt; a step that fails or runs out
 # of time does not stop the next):
 #   machine    the GPU, driver, CUDA and package versions
-#   tune       `jaxconv tune` on ResNet-50's 3x3 layers (forward and both gradients) and the
-#              quick subset (forward): every candidate timed against lax (cuDNN), the tuning
-#              cache kept in DIR/cache so that the steps after it run the tuned `auto`
+#   tune       `jaxconv tune` on ResNet-50's 3x3 layers (forward and both gradients), the quick
+#              subset and ResNet-50's 1x1 layers (forward): every candidate timed against lax
+#              (cuDNN), the tuning cache kept in DIR/cache so that later steps run the tuned `auto`
 #   forward    `jaxconv bench` (forward) on the same layers, every algorithm -> DIR/forward/
 #   train      `jaxconv bench --train` on ResNet-50's 3x3 layers -> DIR/train/
 #   models     bench/train_model.py: whole-model training steps, lax, jaxconv and (where PyTorch
@@ -18,8 +18,9 @@
 #   more       `jaxconv bench` on the rest of the shape table -> DIR/more/
 #
 # JAXCONV_GPU_LIMIT_SCALE scales every step's time limit (default 1). LAYERS (ResNet-50's seven 3x3
-# layers), EXTRA (the quick subset) and MORE (the rest of the table) override the layers: shape
-# names or tags, as `jaxconv bench --shapes` takes them. GEMM_N and COPY_MIB size the rate probes.
+# layers), EXTRA (the quick subset and ResNet-50's 1x1 layers) and MORE (the rest of the table)
+# override the layers: shape names or tags, as `jaxconv bench --shapes` takes them. GEMM_N and
+# COPY_MIB size the rate probes.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
@@ -31,11 +32,12 @@ mkdir -p "$dir"
 dir="$(readlink -f "$dir")"
 py="${PYTHON:-python3}"
 scale="${JAXCONV_GPU_LIMIT_SCALE:-1}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 JAXCONV_CACHE_DIR="$dir/cache"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export JAXCONV_CACHE_DIR="$dir/cache"
 
 resnet="resnet50-56x64,resnet50-28x128,resnet50-14x256,resnet50-7x512"
 resnet="${LAYERS:-$resnet,resnet50-56x128-s2,resnet50-28x256-s2,resnet50-14x512-s2}"
-extra="${EXTRA:-quick}"
+extra="${EXTRA:-quick,pointwise}"
 more="${MORE:-vgg,mobilenet,convnext,efficientnet,3d,5x5,1d,bfloat16}"
 algorithms="auto,im2col,direct,winograd2,winograd4,winograd6,wgrad,subpixel,col2im"
 bench=("$py" -m jaxconv._cli bench --no-progress --rounds 7 --min-round-s 0.02)
