@@ -150,8 +150,8 @@ def _exact_only(g: ConvGeometry) -> str | None:
 
 # A 1x1 kernel is one matrix product, which every algorithm computes with the same products;
 # which form of it runs fastest is measured, never predicted. On the 2-core AMD EPYC, under default
-# flags, lax's took 12.7 ms for ResNet-50's 56x56x256 -> 64 layer at batch 8 against 6.5 ms for
-# the same product as a dot, keeping one core busy (YNNPACK's convolution).
+# flags, ResNet-50's 56x56x256 -> 64 layer at batch 8 took 12.9 ms by lax, with one core busy
+# (YNNPACK's convolution), and 5.1 ms as a plain dot, with both (docs/tuning.md#1x1-kernels).
 _POINTWISE = (
   "predicted: a 1x1 kernel is one matrix product, lax's unless a measurement finds a faster form "
   "(tune to measure)"
