@@ -382,10 +382,11 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
         times[label] += nbytes / FRESH_BYTES_RATE
   lax_t = times["lax"]
   ok, dropped = [], []
+  by_label = {label: (a, v) for label, a, v in candidates(g)}
   for label in allowed:
     if label not in times or label == "lax":
       continue
-    a, variant = variant_of(g, label)
+    a, variant = by_label[label]
     tol = a.tolerance(g, variant)
     if errors.get(label, float("inf")) > slack + tol:
       dropped.append(f"{label} (error {errors.get(label, float('nan')):.1e} > {slack + tol:.1e})")
