@@ -179,9 +179,10 @@ class Wgrad(Algorithm):
     return _seconds(fwd, max(variant))
 
   def why_not_predicted(self, g: ConvGeometry) -> str:
-    if math.prod(forward_of(g).kernel) == 1:
+    fwd = forward_of(g)
+    if math.prod(fwd.kernel) == 1:
       return "wgrad: a 1x1 layer's kernel gradient has no tile that saves products"
-    if forward_of(g).ndim == 1:
+    if fwd.ndim == 1:
       return "wgrad: 1-D tiles save 2x, not 4x, and 1-D Winograd measured slower than lax"
     return "wgrad: a dilated layer's kernel gradient (sub-grid sums) was not measured to pay"
 
