@@ -4,12 +4,13 @@ For one geometry the tuner measures every candidate the registry offers (lax, an
 variant that can run it) on random normal data of the geometry's shapes and dtypes, on the default
 device:
 
-1. every candidate is compiled ahead (in a small thread pool: XLA compiles release the GIL);
+1. every candidate is compiled ahead (on CPU in a small thread pool, as XLA compiles release the
+   GIL; elsewhere one at a time, see `_compile_workers`);
 2. each runs once, and its normwise relative difference from lax's result is recorded (the
    decision drops a candidate whose difference exceeds its algorithm's documented tolerance);
    where one does, every result is compared with lax in float64 instead, since lax's float32 sums
    round too (`_errors`), and a candidate may then be off by lax's own error plus its tolerance;
-3. interleaved rounds time each candidate in turn (a call repeated until `ROUND_S` has passed), for
+3. interleaved rounds time each candidate in turn (calls filling `ROUND_S`: `_default_timer`), for
    at least `MIN_ROUNDS` rounds, then while another round fits in the time budget (`budget()`,
    default 2 s of timing per geometry, after its compiles), up to `MAX_ROUNDS`; after the first
    round a candidate more than `PRUNE` times slower than the fastest (lax included) is not timed
@@ -217,14 +218,36 @@ def rel_error(y: Any, ref: np.ndarray) -> float:
 
 
 def _default_timer(label: str, call: Callable[[], Any]) -> float:
+  """Seconds per call: one call, waited for; if it took under `ROUND_S`, as many more as fill it,
+  dispatched back to back.
+
+  Waiting for each short call would add the host's round trip to every one: on a GPU about 0.2 ms,
+  more than some whole convolutions take there, which buries the differences between candidates.
+  """
   del label
-  n, start = 0, time.perf_counter()
-  while True:  # each call waited for: a queue of dispatched calls would overshoot the round
-    jax.block_until_ready(call())
-    n += 1
-    elapsed = time.perf_counter() - start
-    if elapsed >= ROUND_S:
-      return elapsed / n
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  first = time.perf_counter() - start
+  if first >= ROUND_S:
+    return first
+  n = max(1, int(ROUND_S / max(first, 1e-6)))
+  start = time.perf_counter()
+  for _ in range(n):
+    out = call()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / n
+
+
+def _compile_workers(platform: str, n: int) -> int:
+  """Candidates compiled at once: a few on CPU, one elsewhere.
+
+  XLA compiles release the GIL, so on CPU a small pool saves wall time. XLA's GPU compiler picks
+  each convolution's and GEMM's kernel by timing the choices on the device, where concurrent
+  compiles would time each other's. (On an H200, tuning with four at once, XLA warned that its
+  timings had "sub-optimal accuracy" and the tuner timed cuDNN's ResNet-50 56x56x64 convolution at
+  1.75 ms, which `jaxconv bench`, compiling one at a time, timed at 0.09 ms.)
+  """
+  return min(4, n) if platform == "cpu" else 1
 
 
 def candidates(g: ConvGeometry) -> list[tuple[str, Any, Any]]:
@@ -253,8 +276,8 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
 
   Args:
     g: the geometry.
-    timer: how a round times one candidate (tests pass a deterministic one); by default the call
-      is repeated for `ROUND_S` and the mean per call returned.
+    timer: how a round times one candidate (tests pass a deterministic one); by default
+      `_default_timer`.
     store: write the result to the cache.
 
   Returns:
@@ -279,7 +302,8 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
         return jax.jit(lambda x, w: run(x, lax.rev(w, spatial))).lower(*args).compile()
       return jax.jit(run).lower(*args).compile()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, len(cands))) as pool:
+    workers = _compile_workers(device.platform, len(cands))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
       compiled = dict(zip((c[0] for c in cands), pool.map(compile_one, cands)))
     compile_s = time.perf_counter() - start
     temp_bytes = {label: _temp_bytes(f) for label, f in compiled.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -449,3 +450,25 @@ def test_a_1x1_kernel_runs_lax_unless_measured():
   )(x, w)
   for a, b in zip(grads, ref):
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
+
+
+def test_default_timer_waits_for_a_long_call_and_fills_the_round_with_short_ones(monkeypatch):
+  calls = []
+
+  def call(seconds):
+    calls.append(seconds)
+    time.sleep(seconds)
+    return jnp.zeros(())
+
+  assert _tune._default_timer("slow", lambda: call(_tune.ROUND_S)) >= _tune.ROUND_S
+  assert len(calls) == 1  # the one call was the round
+  calls.clear()
+  monkeypatch.setattr(_tune, "ROUND_S", 0.05)
+  per_call = _tune._default_timer("fast", lambda: call(0.005))
+  assert len(calls) > 5 and 0.004 < per_call < 0.05
+
+
+def test_candidates_compile_one_at_a_time_off_cpu():
+  # XLA's GPU compiler times kernels on the device: concurrent compiles would time each other's.
+  assert _tune._compile_workers("cpu", 9) == 4 and _tune._compile_workers("cpu", 2) == 2
+  assert _tune._compile_workers("gpu", 9) == 1 and _tune._compile_workers("tpu", 9) == 1
