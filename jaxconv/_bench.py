@@ -394,6 +394,27 @@ def bench_shape(
   }
 
 
+def shape_line(record: dict) -> str:
+  """One layer's result on a line: lax's time and each algorithm's speedup over it.
+
+  Example:
+    >>> from jaxconv._shapes import select
+    >>> r = run(select(["tiny"]), ["im2col"], rounds=1, min_round_s=0.001, gemm_n=64, copy_mib=1)
+    >>> shape_line(r["shapes"][0]).split(":")[0]
+    'tiny'
+  """
+  parts = []
+  for a, r in record["results"].items():
+    if "skipped" in r:
+      parts.append(f"{a} cannot run")
+    elif a == "lax":
+      parts.append(f"lax {r['ms']:.3g} ms")
+    else:
+      lo, hi = r["speedup_quartiles"]
+      parts.append(f"{a} {r['speedup']:.2f}x ({lo:.2f}-{hi:.2f})")
+  return f"{record['name']}: " + ", ".join(parts)
+
+
 def run(
   shapes: Sequence[Shape],
   algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
@@ -448,6 +469,11 @@ def run(
         s, algorithms, rounds=rounds, min_round_s=min_round_s, gemm_rate=gemm, train=train
       )
     )
+    # A line per layer as it finishes: a run cut short (a time limit) still says what it measured.
+    if bar is not None:
+      bar.write(shape_line(records[-1]), file=sys.stderr)
+    else:
+      print(shape_line(records[-1]), file=sys.stderr, flush=True)
     if bar is not None:
       bar.update()
   if bar is not None:
@@ -522,7 +548,12 @@ def lax_other_setting(
       *([host_memory.OPTION] if host_memory.host_memory_kept() else []),
     ]
     env = {**os.environ, "XLA_FLAGS": shlex.join(flags)}
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    # Its per-layer lines would read as this run's: kept back, shown only if it fails.
+    done = subprocess.run(
+      cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if done.returncode:
+      raise RuntimeError(f"timing lax with YNNPACK fusions switched over failed:\n{done.stderr}")
     child = json.loads((Path(out) / "bench.json").read_text())
   return {c["name"]: c["results"]["lax"]["ms"] for c in child["shapes"]}, not on
 

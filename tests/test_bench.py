@@ -151,8 +151,12 @@ def _bench_args(out, *extra):
 def test_cli_bench_end_to_end(tmp_path, capsys):
   first = tmp_path / "first"
   assert main(_bench_args(first)) == 0
-  text = capsys.readouterr().out
+  out = capsys.readouterr()
+  text = out.out
   assert "tiny-wide" in text and "lax ms" in text and "float32 GEMM" in text
+  # Each layer's line as it finished, this process's alone (not the other YNNPACK setting's lax).
+  lines = [line for line in out.err.splitlines() if line.startswith("tiny-wide:")]
+  assert len(lines) == 1 and "lax " in lines[0] and "x (" in lines[0], out.err
   for name in ("bench.json", "bench.md", "speedup.png", "throughput.png"):
     assert (first / name).stat().st_size > 0, name
   record = json.loads((first / "bench.json").read_text())
