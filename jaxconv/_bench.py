@@ -472,10 +472,9 @@ def run(
     # A line per layer as it finishes: a run cut short (a time limit) still says what it measured.
     if bar is not None:
       bar.write(shape_line(records[-1]), file=sys.stderr)
+      bar.update()
     else:
       print(shape_line(records[-1]), file=sys.stderr, flush=True)
-    if bar is not None:
-      bar.update()
   if bar is not None:
     bar.close()
   # Measured again: a GEMM rate that fell during the run says the machine was busier.
