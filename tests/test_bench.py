@@ -276,7 +276,7 @@ def test_winograd_stages_script(capsys):
 
 
 def test_gpu_script_runs_its_steps(tmp_path):
-  # bench/gpu.sh is the GPU session's recipe; on tiny layers its tune, forward and train steps run
+  # bench/gpu.sh takes the GPU measurements; on tiny layers its tune, forward and train steps run
   # anywhere, each writing its log and `jaxconv bench`'s results.
   script = Path(__file__).parent.parent / "bench" / "gpu.sh"
   env = {
