@@ -396,6 +396,10 @@ def _channels_major(rows: int, cin: int, cout: int, blocked: bool, form: str) ->
   one task of it and runs the positions on one core. Elsewhere YNNPACK is as fast or up to 1.9x
   faster (36x32x512x512), and blocked channel sums stay with it: Eigen sums them less accurately
   (F(6,3) at C = 512: 11.4x direct convolution's error against 9.0x).
+
+  Within a whole Winograd forward (jaxlib 0.10.2) XLA folds the swap of axes back into the dot:
+  at 28x28x128 both forms compiled to the same rows-major dot, which YNNPACK ran on one core
+  (docs/benchmarks.md, "YNNPACK's batched GEMMs on one core").
   """
   if form != "auto":
     return form == "channels"
