@@ -259,13 +259,26 @@ def candidates(g: ConvGeometry) -> list[tuple[str, Any, Any]]:
   return out
 
 
+def _labelled(g: ConvGeometry) -> dict[str, tuple[Any, Any]]:
+  """The algorithm and variant behind each candidate label for `g` (as `candidates` names them)."""
+  return {label: (a, v) for label, a, v in candidates(g)}
+
+
 def variant_of(g: ConvGeometry, label: str) -> tuple[Any, Any]:
-  """The algorithm and variant behind a candidate's label for `g` (as `candidates` names them).
+  """The algorithm and variant behind a candidate's label for `g`.
 
   Not `forced(label)`: a variant's label need not be a name `algorithm=` takes (Winograd's tiles
   on a 1x1 kernel are "winograd1").
   """
-  return next((a, v) for lab, a, v in candidates(g) if lab == label)
+  return _labelled(g)[label]
+
+
+def _as_it_runs(g: ConvGeometry, run: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """`run(x, w)` as `auto` will run it: on the reversed kernel where `g` has one."""
+  if not g.reversed_kernel:
+    return run
+  spatial = g.dimension_numbers.rhs_spec[2:]
+  return lambda x, w: run(x, lax.rev(w, spatial))
 
 
 _measure_lock = threading.Lock()  # one measurement at a time: two would time each other
@@ -296,10 +309,7 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
 
     def compile_one(cand):
       _, a, v = cand
-      run = functools.partial(a.run, g=g, variant=v)
-      if g.reversed_kernel:  # timed as it will run: on a reversed kernel
-        spatial = g.dimension_numbers.rhs_spec[2:]
-        return jax.jit(lambda x, w: run(x, lax.rev(w, spatial))).lower(*args).compile()
+      run = _as_it_runs(g, functools.partial(a.run, g=g, variant=v))
       return jax.jit(run).lower(*args).compile()
 
     workers = _compile_workers(device.platform, len(cands))
@@ -367,10 +377,7 @@ def _errors(
     return errors, "lax"
   wide = np.complex128 if jnp.issubdtype(g.dtype, jnp.complexfloating) else np.float64
   wide_g = dataclasses.replace(g, precision=lax.Precision.HIGHEST, preferred_element_type=None)
-  spatial = g.dimension_numbers.rhs_spec[2:]
-
-  def conv(x: jax.Array, w: jax.Array) -> jax.Array:  # as the candidates ran (see `measure`)
-    return LAX.run(x, lax.rev(w, spatial) if g.reversed_kernel else w, wide_g, None)
+  conv = _as_it_runs(g, lambda x, w: LAX.run(x, w, wide_g, None))
 
   # On the device measured, unless it has no float64 convolution (a TPU): then on the host.
   device = args[0].device if args[0].device.platform in ("cpu", "gpu") else jax.devices("cpu")[0]
@@ -406,7 +413,7 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
         times[label] += nbytes / FRESH_BYTES_RATE
   lax_t = times["lax"]
   ok, dropped = [], []
-  by_label = {label: (a, v) for label, a, v in candidates(g)}
+  by_label = _labelled(g)
   for label in allowed:
     if label not in times or label == "lax":
       continue
