@@ -8,7 +8,9 @@ instance. It answers, for a normalised `ConvGeometry`:
   nothing to choose), which the autotuner measures one by one;
 * `predict`: its predicted seconds on the CPU it was fitted to, or None where it has no model or
   is known not to pay (`auto` then never picks it without a measurement);
-* `run`: the computation itself, in the user's layouts.
+* `run`: the computation itself, in the user's layouts;
+* `nested`: the convolutions `run` hands back to `auto` (a decomposition's parts), which the
+  tuner measures before timing the algorithm itself.
 
 It also states what `auto` and the tuner may assume of its results: whether they are `exact` (the
 same products as lax, so NaN and infinity propagate as in lax) and the `tolerance`, the largest
@@ -87,6 +89,11 @@ class Algorithm(abc.ABC):
     """Why `predict` returned None for `g`, as a clause for `Plan.reason`."""
     del g
     return f"{self.name} has no cost model"
+
+  def nested(self, g: ConvGeometry, variant: Variant) -> tuple[ConvGeometry, ...]:
+    """The convolutions it runs through `auto` to compute `g` (measured first by the tuner)."""
+    del g, variant
+    return ()
 
   def tolerance(self, g: ConvGeometry, variant: Variant) -> float:
     """Largest normwise relative difference from lax's result the tuner accepts."""

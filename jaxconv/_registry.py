@@ -13,13 +13,16 @@ from jaxconv._col2im import COL2IM
 from jaxconv._direct import DIRECT
 from jaxconv._im2col import IM2COL
 from jaxconv._lax import LAX
+from jaxconv._pixelshuffle import PIXELSHUFFLE
 from jaxconv._subpixel import SUBPIXEL
 from jaxconv._wgrad import WGRAD
 from jaxconv._winograd import WINOGRAD
 
 __all__ = ["ALGORITHMS", "REGISTRY", "by_name", "forced"]
 
-REGISTRY: tuple[Algorithm, ...] = (LAX, IM2COL, DIRECT, WINOGRAD, WGRAD, SUBPIXEL, COL2IM)
+REGISTRY: tuple[Algorithm, ...] = (
+  LAX, IM2COL, DIRECT, WINOGRAD, WGRAD, SUBPIXEL, COL2IM, PIXELSHUFFLE
+)  # fmt: skip
 
 _FORCED: dict[str, tuple[Algorithm, Hashable]] = {
   name: (a, hint) for a in REGISTRY for name, hint in a.forced().items()

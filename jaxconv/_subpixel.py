@@ -32,7 +32,7 @@ from jax import lax
 from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry, normalize
 
-__all__ = ["SUBPIXEL", "interleave"]
+__all__ = ["SUBPIXEL", "decomposable", "fastest_predicted", "interleave", "loosest_tolerance"]
 
 
 def _axis_phases(g: ConvGeometry, axis: int) -> list[tuple[int, slice, tuple[int, int], int]]:
@@ -88,10 +88,34 @@ def _strides(g: ConvGeometry) -> tuple[int, ...]:
   return tuple(1 if a > 1 else s for a, s in zip(g.lhs_dilation, g.strides))
 
 
-def _candidates():
+def _candidates(g: ConvGeometry):
+  """Each algorithm and variant that can compute `g` (a phase convolution: no input dilation)."""
   from jaxconv._registry import REGISTRY  # the registry lists this module too
 
-  return [a for a in REGISTRY if a is not SUBPIXEL]
+  return [(a, v) for a in REGISTRY if a.cannot(g) is None for v in a.variants(g)]
+
+
+def decomposable(g: ConvGeometry) -> str | None:
+  """Why `g`'s input dilation cannot be split into phases, or None when it can."""
+  if max(g.lhs_dilation, default=1) == 1:
+    return "it decomposes an input dilation (lhs_dilation), and this convolution has none"
+  for axis, (a, s, d) in enumerate(zip(g.lhs_dilation, g.strides, g.rhs_dilation)):
+    if a > 1 and (s > 1 or d > 1):
+      return (
+        f"spatial axis {axis} has an input dilation ({a}) with a stride ({s}) or kernel "
+        f"dilation ({d}) greater than 1"
+      )
+  return None
+
+
+def fastest_predicted(sub: ConvGeometry) -> float:
+  """The best predicted time of a phase convolution `sub` (lax's where nothing else predicts)."""
+  return min(t for a, v in _candidates(sub) if (t := a.predict(sub, v)) is not None)
+
+
+def loosest_tolerance(sub: ConvGeometry) -> float:
+  """The largest tolerance of the algorithms that may compute a phase convolution `sub`."""
+  return max(a.tolerance(sub, v) for a, v in _candidates(sub))
 
 
 class Subpixel(Algorithm):
@@ -101,49 +125,25 @@ class Subpixel(Algorithm):
   exact = False  # the phases may run Winograd
 
   def cannot(self, g: ConvGeometry) -> str | None:
-    if max(g.lhs_dilation, default=1) == 1:
-      return "it decomposes an input dilation (lhs_dilation), and this convolution has none"
-    for axis, (a, s, d) in enumerate(zip(g.lhs_dilation, g.strides, g.rhs_dilation)):
-      if a > 1 and (s > 1 or d > 1):
-        return (
-          f"spatial axis {axis} has an input dilation ({a}) with a stride ({s}) or kernel "
-          f"dilation ({d}) greater than 1"
-        )
-    return None
+    return decomposable(g)
 
   def predict(self, g: ConvGeometry, variant: Variant) -> float | None:
     """The phases' best predicted times, added up (lax's where nothing else is predicted)."""
     del variant
-    total = 0.0
-    for _, sub in _phases(g):
-      if sub is None:
-        continue
-      times = [
-        t
-        for a in _candidates()
-        if a.cannot(sub) is None
-        for v in a.variants(sub)
-        if (t := a.predict(sub, v)) is not None
-      ]
-      total += min(times)
-    return total
+    return sum(fastest_predicted(sub) for _, sub in _phases(g) if sub is not None)
 
   def explain(self, g: ConvGeometry, variant: Variant) -> str:
     del variant
     n = math.prod(g.lhs_dilation)
     return f"{n} stride-1 phase convolutions of the undilated input, no products with zeros"
 
+  def nested(self, g: ConvGeometry, variant: Variant) -> tuple[ConvGeometry, ...]:
+    del variant
+    return tuple(sub for _, sub in _phases(g) if sub is not None)
+
   def tolerance(self, g: ConvGeometry, variant: Variant) -> float:
     del variant
-    worst = 0.0
-    for _, sub in _phases(g):
-      if sub is not None:
-        worst = max(
-          worst,
-          *(a.tolerance(sub, v) for a in _candidates() if a.cannot(sub) is None
-            for v in a.variants(sub)),
-        )  # fmt: skip
-    return worst
+    return max(loosest_tolerance(sub) for _, sub in _phases(g) if sub is not None)
 
   def run(self, lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, variant: Variant) -> jax.Array:
     del variant

@@ -281,7 +281,7 @@ def _as_it_runs(g: ConvGeometry, run: Callable[..., jax.Array]) -> Callable[...,
   return lambda x, w: run(x, lax.rev(w, spatial))
 
 
-_measure_lock = threading.Lock()  # one measurement at a time: two would time each other
+_measure_lock = threading.RLock()  # one measurement at a time: two would time each other
 
 
 def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) -> dict:
@@ -306,6 +306,14 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
     rng = np.random.default_rng(0)
     args = [jax.device_put(_random(s, g.dtype, rng), device) for s in (g.lhs_shape, g.rhs_shape)]
     cands = candidates(g)
+    # A candidate that runs `auto` on other geometries (sub-pixel phases, a pixel shuffle's stacked
+    # convolution) is timed as it will run: those are measured first (the lock is re-entrant).
+    from jaxconv._select import measurable  # which reads this module
+
+    for _, a, v in cands:
+      for sub in a.nested(g, v):
+        if lookup(sub) is None and measurable(sub):
+          measure(sub)
 
     def compile_one(cand):
       _, a, v = cand

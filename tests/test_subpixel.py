@@ -137,11 +137,11 @@ def test_conv_transpose_matches_lax(nd, s, k, padding, transpose_kernel, rd, con
   if nd != 2:
     kw["dimension_numbers"] = LAYOUTS[nd]
   ref = lax.conv_transpose(x, w, **kw)
-  for algorithm in ("auto", "lax", "subpixel", "col2im"):
+  for algorithm in ("auto", "lax", "subpixel", "col2im", "pixelshuffle"):
     try:
       out = jaxconv.conv_transpose(x, w, **kw, algorithm=algorithm)
     except NotImplementedError:
-      assert s == 1 or (algorithm == "subpixel" and rd > 1), algorithm
+      assert s == 1 or (algorithm in ("subpixel", "pixelshuffle") and rd > 1), algorithm
       continue
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert rel_err(out, ref) <= 1e-5, algorithm

@@ -472,3 +472,17 @@ def test_candidates_compile_one_at_a_time_off_cpu():
   # XLA's GPU compiler times kernels on the device: concurrent compiles would time each other's.
   assert _tune._compile_workers("cpu", 9) == 4 and _tune._compile_workers("cpu", 2) == 2
   assert _tune._compile_workers("gpu", 9) == 1 and _tune._compile_workers("tpu", 9) == 1
+
+
+def test_a_candidate_that_runs_auto_inside_measures_those_geometries_first():
+  # A transposed convolution's sub-pixel and pixel-shuffle candidates run `auto` on their phase
+  # and stacked convolutions: those are measured first, so that each is timed as it will run.
+  from jaxconv._pixelshuffle import PIXELSHUFFLE
+
+  x, w = (jax.ShapeDtypeStruct(s, np.float32) for s in ((2, 16, 16, 16), (4, 4, 16, 16)))
+  g = normalize(x, w, (1, 1), [(2, 2)] * 2, (2, 2), None, DN)
+  entry = _tune.measure(g, timer=FakeTimer({"lax": 1.0, "pixelshuffle": 0.5}))
+  (stacked,) = PIXELSHUFFLE.nested(g, None)
+  assert _tune.lookup(stacked) is not None and _tune.lookup(g) == entry
+  assert {"subpixel", "col2im", "pixelshuffle"} <= set(entry["times"])
+  assert _tune.decide(g, entry, list(entry["times"]))[0] == "pixelshuffle"
