@@ -41,7 +41,13 @@ from jax import lax
 
 from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry, normalize
-from jaxconv._subpixel import decomposable, fastest_predicted, interleave, loosest_tolerance
+from jaxconv._subpixel import (
+  decomposable,
+  fastest_predicted,
+  interleave,
+  loosest_tolerance,
+  phase_taps,
+)
 
 __all__ = ["PIXELSHUFFLE"]
 
@@ -62,26 +68,20 @@ def _axis_windows(g: ConvGeometry, axis: int) -> tuple[list[tuple[slice, int, in
   kernel at stride 2 with lax's ``SAME`` padding has phases at offsets -1 and 0, and takes two
   taps and one more output per axis rather than three taps.
   """
-  a, k, (lo, _), o, n = (
-    g.lhs_dilation[axis],
-    g.kernel[axis],
-    g.padding[axis],
-    g.out_spatial[axis],
-    g.in_spatial[axis],
-  )
+  a, k, o, n = g.lhs_dilation[axis], g.kernel[axis], g.out_spatial[axis], g.in_spatial[axis]
   if a == 1:
     return [(slice(None), 0, 0)], k, g.padding[axis], o
   count = -(-o // a)  # outputs per phase: the last phases' extra one is cropped after the shuffle
-  phases = [((lo - p) % a, (p + ((lo - p) % a) - lo) // a) for p in range(a)]  # (k0, c_p)
-  taps = [len(range(k0, k, a)) for k0, _ in phases]
-  live = [(c, t) for (_, c), t in zip(phases, taps) if t]
+  phases = phase_taps(g, axis)
+  taps = [t for _, t, _ in phases]
+  live = [(c, t) for _, t, c in phases if t]
   start = min(c for c, _ in live)  # every phase's window starts here unless shifted
   windows = range(max(taps), max(c - start + t for c, t in live) + 1)
   spread = lambda w: max(0, max(c - w + t for c, t in live) - start)
   window = min(windows, key=lambda w: (w * (count + spread(w)), w))
   rows = count + spread(window)
   out = []
-  for (k0, c), t in zip(phases, taps):
+  for k0, t, c in phases:
     first = max(start, c - window + t) if t else start  # where this phase's window starts
     out.append((slice(k0, k, a), c - first if t else 0, first - start))
   return out, window, (-start, rows + window - 1 - n + start), rows

@@ -32,25 +32,31 @@ from jax import lax
 from jaxconv._algorithm import Algorithm, Variant
 from jaxconv._geometry import ConvGeometry, normalize
 
-__all__ = ["SUBPIXEL", "decomposable", "fastest_predicted", "interleave", "loosest_tolerance"]
+__all__ = [
+  "SUBPIXEL",
+  "decomposable",
+  "fastest_predicted",
+  "interleave",
+  "loosest_tolerance",
+  "phase_taps",
+]
+
+
+def phase_taps(g: ConvGeometry, axis: int) -> list[tuple[int, int, int]]:
+  """Per output phase ``p`` of an input-dilated axis: its first tap ``k0``, taps, offset ``c``."""
+  a, k, lo = g.lhs_dilation[axis], g.kernel[axis], g.padding[axis][0]
+  return [((lo - p) % a, len(range((lo - p) % a, k, a)), (p + (lo - p) % a - lo) // a)
+          for p in range(a)]  # fmt: skip
 
 
 def _axis_phases(g: ConvGeometry, axis: int) -> list[tuple[int, slice, tuple[int, int], int]]:
   """One axis's phases: (output phase p, kernel slice, padding, output count)."""
-  a, k, (lo, hi), o, n = (
-    g.lhs_dilation[axis],
-    g.kernel[axis],
-    g.padding[axis],
-    g.out_spatial[axis],
-    g.in_spatial[axis],
-  )
+  a, k, o, n = g.lhs_dilation[axis], g.kernel[axis], g.out_spatial[axis], g.in_spatial[axis]
   if a == 1:
-    return [(0, slice(None), (lo, hi), o)]
+    return [(0, slice(None), g.padding[axis], o)]
   phases = []
-  for p in range(min(a, o)):
-    k0 = (lo - p) % a
-    c = (p + k0 - lo) // a
-    count, taps = len(range(p, o, a)), len(range(k0, k, a))
+  for p, (k0, taps, c) in enumerate(phase_taps(g, axis)[:o]):
+    count = len(range(p, o, a))
     phases.append((p, slice(k0, k, a), (-c, count + taps - 1 - n + c), count))
   return phases
 

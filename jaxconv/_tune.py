@@ -5,7 +5,8 @@ variant that can run it) on random normal data of the geometry's shapes and dtyp
 device:
 
 1. every candidate is compiled ahead (on CPU in a small thread pool, as XLA compiles release the
-   GIL; elsewhere one at a time, see `_compile_workers`);
+   GIL; elsewhere one at a time, see `_compile_workers`), after the convolutions a candidate hands
+   back to `auto` (`Algorithm.nested`) have been measured, so that it runs as it will;
 2. each runs once, and its normwise relative difference from lax's result is recorded (the
    decision drops a candidate whose difference exceeds its algorithm's documented tolerance);
    where one does, every result is compared with lax in float64 instead, since lax's float32 sums

@@ -5,15 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from jax import lax
 
 import jaxconv
 from jaxconv._geometry import normalize
 from jaxconv._pixelshuffle import _plan
 from tests.test_col2im import CASES as COL2IM_CASES
 from tests.test_subpixel import CASES as SUBPIXEL_CASES
-from tests.test_subpixel import NHWC, _kwargs, check_case
-from tests.util import rel_err, rng_for
+from tests.test_subpixel import NHWC, _kwargs, check_case, check_gradients
 
 # Every input-dilated case the sub-pixel tests run, the col2im tests' undilated-kernel ones, and
 # the transposed convolutions whose phases sit at different offsets.
@@ -51,16 +49,8 @@ def test_window_is_the_longest_phase_where_a_shift_is_cheaper(k, padding, window
 
 
 def test_pixelshuffle_gradients_match_lax():
-  rng = rng_for("pixelshuffle-grad")
-  x, w = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((4, 4, 3, 4))
-  kwargs = _kwargs(dict(padding=((2, 2), (1, 2)), lhs_dilation=(2, 2)))
-  ours = lambda x, w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="pixelshuffle")
-  ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
-  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
-    assert rel_err(got, want) <= 1e-12
-  hvp = lambda f: jax.jvp(lambda x: jax.grad(loss(f))(x, w), (x,), (jnp.ones_like(x),))[1]
-  assert rel_err(hvp(ours), hvp(ref)) <= 1e-12
+  kwargs = dict(padding=((2, 2), (1, 2)), lhs_dilation=(2, 2))
+  check_gradients("pixelshuffle", "pixelshuffle-grad", (4, 4, 3, 4), kwargs)
 
 
 def test_pixelshuffle_declines_what_it_cannot_stack():
