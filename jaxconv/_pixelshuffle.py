@@ -57,8 +57,10 @@ __all__ = ["PIXELSHUFFLE"]
 SHUFFLE_RATE = 40e9
 
 
-def _axis_windows(g: ConvGeometry, axis: int) -> tuple[list[tuple[slice, int, int]], int, tuple]:
-  """One axis: per phase (kernel slice, zeros in front of it, shift), the window, its padding.
+def _axis_windows(
+  g: ConvGeometry, axis: int
+) -> tuple[list[tuple[slice, int, int]], int, tuple[int, int], int]:
+  """One axis: per phase (kernel slice, zeros in front, shift); window, padding, stacked outputs.
 
   A phase whose taps start at input offset ``c_p`` may sit anywhere in a window of ``W`` taps
   (zeros before and after it), so its window starts anywhere in ``[c_p - W + T_p, c_p]``. Where
