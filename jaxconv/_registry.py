@@ -14,6 +14,7 @@ from jaxconv._direct import DIRECT
 from jaxconv._im2col import IM2COL
 from jaxconv._lax import LAX
 from jaxconv._pixelshuffle import PIXELSHUFFLE
+from jaxconv._spacetodepth import SPACETODEPTH
 from jaxconv._subpixel import SUBPIXEL
 from jaxconv._wgrad import WGRAD
 from jaxconv._winograd import WINOGRAD
@@ -21,7 +22,7 @@ from jaxconv._winograd import WINOGRAD
 __all__ = ["ALGORITHMS", "REGISTRY", "by_name", "forced"]
 
 REGISTRY: tuple[Algorithm, ...] = (
-  LAX, IM2COL, DIRECT, WINOGRAD, WGRAD, SUBPIXEL, COL2IM, PIXELSHUFFLE
+  LAX, IM2COL, DIRECT, WINOGRAD, WGRAD, SUBPIXEL, COL2IM, PIXELSHUFFLE, SPACETODEPTH
 )  # fmt: skip
 
 _FORCED: dict[str, tuple[Algorithm, Hashable]] = {
