@@ -11,6 +11,8 @@ groups and dtype, plus tags to select subsets by:
 * ``mobilenet``: MobileNet-v2's depthwise 3x3 layers at batch 8 (``feature_group_count = C``).
 * ``depthwise``: every depthwise layer: MobileNet-v2's 3x3 ones (``mobilenet``, one stride 2),
   ConvNeXt's 7x7 ones (``convnext``) and EfficientNet-B0's 5x5 ones (``efficientnet``).
+* ``strided``: strided layers whose kernel is a multiple of the stride (ConvNeXt's patchify stem
+  and 2x2 downsampling, a DCGAN discriminator's 4x4 stride-2 layers).
 * ``3d``: 3x3x3 layers of video and medical-volume networks (one depthwise), layout NDHWC.
 * ``pointwise``: ResNet-50's bottleneck 1x1 layers at batch 8 (one a stride-2 projection).
 * ``5x5``: a 5x5 layer. ``1d``: 1-D layers, an audio front end and a sequence layer.
@@ -235,6 +237,15 @@ def _build() -> tuple[Shape, ...]:
         note="ConvNeXt-T depthwise 7x7",
       )
     )
+  # Strided layers whose kernel is a multiple of the stride: ConvNeXt's patchify stem and
+  # downsampling layers, a DCGAN discriminator's 4x4 stride-2 layers.
+  for name, hw, c, o, k, s, padding, note in (
+    ("convnext-stem", 224, 3, 96, 4, 4, "VALID", "ConvNeXt-T stem, 4x4 stride 4 (patchify)"),
+    ("convnext-down56x96", 56, 96, 192, 2, 2, "VALID", "ConvNeXt-T downsampling, 2x2 stride 2"),
+    ("dcgan-d32x128", 32, 128, 256, 4, 2, ((1, 1), (1, 1)), "DCGAN discriminator 4x4 stride 2"),
+    ("dcgan-d64x64", 64, 64, 128, 4, 2, ((1, 1), (1, 1)), "DCGAN discriminator 4x4 stride 2"),
+  ):
+    out.append(_conv2d(name, 8, hw, c, o, k=k, s=s, padding=padding, tags=("strided",), note=note))
   for hw, c in ((28, 240), (14, 672)):
     out.append(
       _conv2d(
