@@ -147,8 +147,9 @@ def conv_general_dilated(
     preferred_element_type: accumulation and result dtype, or None.
     out_sharding: output sharding (a `NamedSharding` or `PartitionSpec`), or None.
     algorithm: "auto" (see `plan`), "lax", "im2col", "direct", "subpixel", "col2im",
-      "pixelshuffle", "wgrad" (tile size chosen), "wgrad2", "wgrad4", "wgrad6", "winograd" (tile
-      size chosen), or "winograd2", "winograd4", "winograd6" (output tile size m forced).
+      "pixelshuffle", "spacetodepth", "wgrad" (tile size chosen), "wgrad2", "wgrad4", "wgrad6",
+      "winograd" (tile size chosen), or "winograd2", "winograd4", "winograd6" (output tile size m
+      forced).
 
   Returns:
     The convolution, as `jax.lax.conv_general_dilated` returns it.

@@ -16,8 +16,9 @@ which Winograd F(4, 2) runs with 25 products per 16 outputs where lax does 64. A
 stride 2 stacks as 2x2 with 7 of 16 taps zero, and the rearranged input costs more than the
 stride saves: the tuner decides.
 
-Reference: M. Sandler et al. and TensorFlow's ``tf.nn.space_to_depth``; the same identity is the
-adjoint of the pixel shuffle (`_pixelshuffle.py`), W. Shi et al. (CVPR 2016).
+Reference: the rearrangement is TensorFlow's ``tf.nn.space_to_depth``; the identity is the adjoint
+of the pixel shuffle (`_pixelshuffle.py`) of W. Shi et al., "Real-time single image and video
+super-resolution using an efficient sub-pixel convolutional neural network" (CVPR 2016).
 """
 
 from __future__ import annotations
