@@ -5,12 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from jax import lax
 
 import jaxconv
-from tests.util import check_against_lax, rel_err, rng_for
-
-NHWC = ("NHWC", "HWIO", "NHWC")
+from tests.test_subpixel import _kwargs, check_case, check_gradients
 
 # (name, lhs shape, rhs shape, keyword arguments): strided convolutions of every kind.
 CASES = [
@@ -39,36 +36,15 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
-def _kwargs(kwargs):
-  return dict(dimension_numbers=NHWC) | kwargs
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
 def test_spacetodepth_matches_lax(name, lhs_shape, rhs_shape, kwargs, dtype):
-  rng = rng_for(name)
-  x = rng.standard_normal(lhs_shape).astype(dtype)
-  w = rng.standard_normal(rhs_shape).astype(dtype)
-  kwargs = _kwargs(kwargs)
-  if "negative" in name:  # jitted XLA:CPU is unreliable here: the pre-padded lax path instead
-    ref = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="lax")
-    out = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="spacetodepth")
-    assert out.shape == ref.shape and rel_err(out, ref) <= 1e-5
-  else:
-    check_against_lax(x, w, "spacetodepth", **kwargs)
+  check_case("spacetodepth", name, lhs_shape, rhs_shape, kwargs, dtype)
 
 
 def test_spacetodepth_gradients_match_lax():
-  rng = rng_for("spacetodepth-grad")
-  x, w = rng.standard_normal((2, 9, 8, 3)), rng.standard_normal((4, 3, 3, 4))
-  kwargs = _kwargs(dict(window_strides=(2, 3), padding=((1, 1), (1, 0))))
-  ours = lambda x, w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="spacetodepth")
-  ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.cos(f(x, w)))
-  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
-    assert rel_err(got, want) <= 1e-12
-  hvp = lambda f: jax.jvp(lambda x: jax.grad(loss(f))(x, w), (x,), (jnp.ones_like(x),))[1]
-  assert rel_err(hvp(ours), hvp(ref)) <= 1e-12
+  kwargs = dict(window_strides=(2, 3), padding=((1, 1), (1, 0)))
+  check_gradients("spacetodepth", "spacetodepth-grad", (4, 3, 3, 4), kwargs)
 
 
 def test_spacetodepth_declines_what_it_cannot_split():

@@ -47,7 +47,7 @@ def _kwargs(kwargs):
 
 
 def check_case(algorithm, name, lhs_shape, rhs_shape, kwargs, dtype):
-  """One input-dilated case by `algorithm` against lax, on fresh random normal data."""
+  """One case by `algorithm` against lax, on fresh random normal data."""
   rng = rng_for(name)
   x = rng.standard_normal(lhs_shape).astype(dtype)
   w = rng.standard_normal(rhs_shape).astype(dtype)
