@@ -35,6 +35,7 @@ __all__ = [
   "ConvGeometry",
   "PaddingError",
   "RankError",
+  "derive",
   "grouped_input",
   "grouped_operands",
   "normalize",
@@ -611,6 +612,27 @@ def _normalize(
 
 
 _normalize_cached = functools.lru_cache(maxsize=1024)(_normalize)
+
+
+def derive(g: ConvGeometry, lhs_shape: Sequence[int], rhs_shape: Sequence[int], **changes: Any):
+  """A convolution like `g` (same dtype) on operands of other shapes, some arguments changed.
+
+  `changes` are `normalize`'s keyword arguments (``padding=``, ``lhs_dilation=``, ...); the
+  `reversed_kernel` hint is not carried over.
+  """
+  args = dict(
+    window_strides=g.strides,
+    padding=g.padding,
+    lhs_dilation=g.lhs_dilation,
+    rhs_dilation=g.rhs_dilation,
+    dimension_numbers=g.dimension_numbers,
+    feature_group_count=g.feature_group_count,
+    batch_group_count=g.batch_group_count,
+    precision=g.precision,
+    preferred_element_type=g.preferred_element_type,
+  )
+  shapes = (jax.ShapeDtypeStruct(tuple(s), g.dtype) for s in (lhs_shape, rhs_shape))
+  return normalize(*shapes, **{**args, **changes})
 
 
 def renormalize(

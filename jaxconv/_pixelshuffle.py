@@ -40,7 +40,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv._algorithm import Algorithm, Variant
-from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._geometry import ConvGeometry, derive
 from jaxconv._subpixel import (
   decomposable,
   fastest_predicted,
@@ -97,19 +97,8 @@ def _plan(g: ConvGeometry):
   for d, (_, window, _, _) in enumerate(axes):
     rhs[rhs_spec[2 + d]] = window
   rhs[rhs_spec[0]] *= math.prod(g.lhs_dilation)
-  stacked = normalize(
-    jax.ShapeDtypeStruct(g.lhs_shape, g.dtype),
-    jax.ShapeDtypeStruct(tuple(rhs), g.dtype),
-    g.strides,
-    [padding for _, _, padding, _ in axes],
-    None,
-    g.rhs_dilation,
-    g.dimension_numbers,
-    g.feature_group_count,
-    g.batch_group_count,
-    g.precision,
-    g.preferred_element_type,
-  )
+  padding = [padding for _, _, padding, _ in axes]
+  stacked = derive(g, g.lhs_shape, rhs, padding=padding, lhs_dilation=None)
   return axes, stacked
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv._algorithm import Algorithm, Variant
-from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._geometry import ConvGeometry, derive
 from jaxconv._subpixel import loosest_tolerance
 
 __all__ = ["SPACETODEPTH"]
@@ -38,7 +38,7 @@ __all__ = ["SPACETODEPTH"]
 
 def _inner(g: ConvGeometry) -> tuple[list[int], ConvGeometry]:
   """Per axis the phase inputs' length, and the stride-1 convolution they make (channels last)."""
-  nd, groups = g.ndim, g.feature_group_count
+  nd = g.ndim
   rows, window, padding = [], [], []
   for s, k, pad, n, o in zip(g.strides, g.kernel, g.padding, g.in_spatial, g.out_spatial):
     if s == 1:
@@ -55,19 +55,7 @@ def _inner(g: ConvGeometry) -> tuple[list[int], ConvGeometry]:
   dn = lax.ConvDimensionNumbers(
     (0, nd + 1, *range(1, nd + 1)), (nd + 1, nd, *range(nd)), g.dimension_numbers.out_spec
   )
-  inner = normalize(
-    jax.ShapeDtypeStruct(lhs, g.dtype),
-    jax.ShapeDtypeStruct(rhs, g.dtype),
-    (1,) * nd,
-    padding,
-    None,
-    g.rhs_dilation,
-    dn,
-    groups,
-    1,
-    g.precision,
-    g.preferred_element_type,
-  )
+  inner = derive(g, lhs, rhs, window_strides=(1,) * nd, padding=padding, dimension_numbers=dn)
   return rows, inner
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv._algorithm import Algorithm, Variant
-from jaxconv._geometry import ConvGeometry, normalize
+from jaxconv._geometry import ConvGeometry, derive
 
 __all__ = [
   "SUBPIXEL",
@@ -74,18 +74,8 @@ def _phases(g: ConvGeometry):
     rhs = list(g.rhs_shape)
     for d, size in enumerate(kernel):
       rhs[rhs_spec[2 + d]] = size
-    sub = normalize(
-      jax.ShapeDtypeStruct(g.lhs_shape, g.dtype),
-      jax.ShapeDtypeStruct(tuple(rhs), g.dtype),
-      _strides(g),
-      padding,
-      None,
-      g.rhs_dilation,
-      g.dimension_numbers,
-      g.feature_group_count,
-      g.batch_group_count,
-      g.precision,
-      g.preferred_element_type,
+    sub = derive(
+      g, g.lhs_shape, rhs, window_strides=_strides(g), padding=padding, lhs_dilation=None
     )
     yield combo, dataclasses.replace(sub, reversed_kernel=g.reversed_kernel)
 
