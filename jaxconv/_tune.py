@@ -11,12 +11,13 @@ device:
    decision drops a candidate whose difference exceeds its algorithm's documented tolerance);
    where one does, every result is compared with lax in float64 instead, since lax's float32 sums
    round too (`_errors`), and a candidate may then be off by lax's own error plus its tolerance;
-3. interleaved rounds time each candidate in turn (calls filling `ROUND_S`: `_default_timer`), for
-   at least `MIN_ROUNDS` rounds, then while another round fits in the time budget (`budget()`,
-   default 2 s of timing per geometry, after its compiles), up to `MAX_ROUNDS`; after the first
-   round a candidate more than `PRUNE` times slower than the fastest (lax included) is not timed
-   again, and after `MIN_ROUNDS` one other than lax whose median is more than `CONTEND` times the
-   fastest median, so that the rounds left go to the candidates the decision is between;
+3. interleaved rounds time each candidate in turn (one call to warm it, then calls filling
+   `ROUND_S`: `_default_timer`), for at least `MIN_ROUNDS` rounds, then while another round fits in
+   the time budget (`budget()`, default 2 s of timing per geometry, after its compiles), up to
+   `MAX_ROUNDS`; lax is timed in every round, and of the others, after the first round a candidate
+   more than `PRUNE` times slower than the fastest is not timed again, and after `MIN_ROUNDS` one
+   whose median is more than `CONTEND` times the fastest median, so that the rounds left go to the
+   candidates the decision is between;
 4. the medians, errors and costs go to the on-disk cache (`jaxconv._cache`).
 
 The decision (`decide`) reads a cached entry: the fastest admissible candidate (of those within
@@ -85,7 +86,7 @@ TIE = 1.02  # candidates this close to the fastest count as equally fast
 MIN_ROUNDS = 3
 MAX_ROUNDS = 60
 ROUND_S = 0.005  # seconds of calls per candidate and round: short rounds, many of them
-PRUNE = 2.0  # after the first round, candidates this much slower than the fastest stop
+PRUNE = 3.0  # after the first round, candidates (not lax) this much slower than the fastest stop
 CONTEND = 1.25  # after MIN_ROUNDS, candidates (not lax) this much over the fastest median stop
 # XLA:CPU gives each run of a program its temporaries as one fresh allocation; above glibc's 32 MiB
 # mmap limit, as a model's training step's are, every page of it faults in again on every run (a
@@ -219,19 +220,21 @@ def rel_error(y: Any, ref: np.ndarray) -> float:
 
 
 def _default_timer(label: str, call: Callable[[], Any]) -> float:
-  """Seconds per call: one call, waited for; if it took under `ROUND_S`, as many more as fill it,
-  dispatched back to back.
+  """Seconds per call, warm: one call waited for and not counted, then as many as fill `ROUND_S`
+  (at least one), dispatched back to back.
 
+  The first call after another candidate's runs cold, on caches, thread pools and clock speeds
+  that candidate left: lax's convolution of a 32x8x8x128 input by a 3x3x128x256 kernel at stride
+  2 took 1.5-1.6 ms per call back to back and 5.8-7.3 ms as the first call of a round. Timing that
+  call alone for the candidates slower than `ROUND_S`, and the warm ones after it for the faster,
+  made lax's median 4x too slow there and `auto` picked a Winograd form 1.4x slower than lax.
   Waiting for each short call would add the host's round trip to every one: on a GPU about 0.2 ms,
   more than some whole convolutions take there, which buries the differences between candidates.
   """
   del label
   start = time.perf_counter()
   jax.block_until_ready(call())
-  first = time.perf_counter() - start
-  if first >= ROUND_S:
-    return first
-  n = max(1, int(ROUND_S / max(first, 1e-6)))
+  n = max(1, int(ROUND_S / max(time.perf_counter() - start, 1e-6)))
   start = time.perf_counter()
   for _ in range(n):
     out = call()
@@ -342,8 +345,8 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
       rounds, last = rounds + 1, time.perf_counter() - round_start
       if rounds == 1:
         fastest = min(samples[label][0] for label in alive)
-        # lax too: once it is that much slower, its first time decides nothing more.
-        alive = [label for label in alive if samples[label][0] <= PRUNE * fastest]
+        # Not lax: every decision is a ratio to its median, which one round does not settle.
+        alive = [c for c in alive if c == "lax" or samples[c][0] <= PRUNE * fastest]
       elif rounds >= MIN_ROUNDS:
         medians = {label: np.median(samples[label]) for label in alive}
         fastest = min(medians.values())

@@ -63,12 +63,16 @@ def test_measure_times_every_candidate_interleaved_and_prunes(measured):
   assert set(entry["times"]) == set(FAKE)
   assert entry["times"] == FAKE  # medians of the fake rounds
   assert entry["rounds"] == _tune.MAX_ROUNDS  # fake rounds take no time: the round cap ends it
-  # Round one times all five in registry order; then those over PRUNE x the fastest stop, lax
-  # included (its first time already decides).
+  # Round one times all five in registry order; then lax in every round (each decision is a ratio
+  # to its median), and of the others those within PRUNE x the fastest first time, until
+  # MIN_ROUNDS; then those within CONTEND x the fastest median.
   assert calls[:5] == ["lax", "im2col", "winograd2", "winograd4", "winograd6"]
-  assert calls[5:7] == ["winograd2", "winograd4"]
-  assert calls.count("winograd6") == calls.count("im2col") == calls.count("lax") == 1
-  assert len(calls) == 5 + 2 * (_tune.MAX_ROUNDS - 1)
+  assert calls[5:9] == ["lax", "im2col", "winograd2", "winograd4"]
+  assert calls.count("winograd6") == 1
+  assert calls.count("im2col") == _tune.MIN_ROUNDS
+  assert calls.count("lax") == calls.count("winograd2") == _tune.MAX_ROUNDS
+  n = _tune.MIN_ROUNDS
+  assert len(calls) == 5 + 4 * (n - 1) + 3 * (_tune.MAX_ROUNDS - n)
   # Errors are real: each candidate ran once against lax.
   assert entry["errors"]["lax"] == 0.0
   assert 0 < entry["errors"]["winograd4"] < 1e-5
@@ -452,7 +456,7 @@ def test_a_1x1_kernel_runs_lax_unless_measured():
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
 
 
-def test_default_timer_waits_for_a_long_call_and_fills_the_round_with_short_ones(monkeypatch):
+def test_default_timer_warms_up_then_fills_the_round(monkeypatch):
   calls = []
 
   def call(seconds):
@@ -461,7 +465,7 @@ def test_default_timer_waits_for_a_long_call_and_fills_the_round_with_short_ones
     return jnp.zeros(())
 
   assert _tune._default_timer("slow", lambda: call(_tune.ROUND_S)) >= _tune.ROUND_S
-  assert len(calls) == 1  # the one call was the round
+  assert len(calls) == 2  # one call to warm up, not counted, and one timed
   calls.clear()
   monkeypatch.setattr(_tune, "ROUND_S", 0.05)
   per_call = _tune._default_timer("fast", lambda: call(0.005))
