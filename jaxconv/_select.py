@@ -273,5 +273,5 @@ def choose(
     plan = _auto(g, _tune.autotune_enabled() if measure is None else measure, local or g)
   else:
     plan = _forced(g, algorithm)
-  _tune.collect(g, algorithm, plan)
+  _tune.collect(g, algorithm, plan, local)
   return plan

@@ -91,7 +91,6 @@ def main(args: argparse.Namespace) -> int:
   if shapes is None:
     return 2
   precision = None if args.precision == "default" else args.precision
-  costs, compiles = [], []
   start = time.perf_counter()
   items = []
   for s in shapes:
@@ -100,20 +99,26 @@ def main(args: argparse.Namespace) -> int:
     items.append((s.name, g))
     if args.train:
       items += [(f"{s.name} {role}", grad) for role, grad in _gradients(g)]
+  todo = [g for _, g in items if measurable(g) and (args.force or _tune.lookup(g) is None)]
+  todo = list(dict.fromkeys(todo))  # a layer's input gradient may be another's forward
+  if todo and _tune.passes() > 1:
+    print(f"measuring {len(todo)} geometries, then each again ({_tune.passes()} passes)")
+  with _tune.recording() as measured:
+    for g in todo:
+      _tune.measure(g)
+  _tune.confirm(measured)
+  entries = [_tune.lookup(g) for g in measured]
   for name, g in items:
-    cached = _tune.lookup(g) is not None and not args.force
-    if measurable(g) and not cached:
-      entry = _tune.measure(g)
-      costs.append(entry["tuned_s"])
-      compiles.append(entry["compile_s"])
     plan = choose(g, "auto", measure=False)
     if not measurable(g):
       cost = "not measured"
     else:
-      cost = "cached" if cached else f"tuned in {costs[-1]:.2f} s"
+      cost = f"tuned in {_tune.lookup(g)['tuned_s']:.2f} s" if g in todo else "cached"
     print(f"{name:<24} {plan.label:<10} {cost:<16} {plan.reason}")
     sys.stdout.flush()
-  if costs:
+  if entries:
+    costs = [e["tuned_s"] for e in entries]
+    compiles = [e["compile_s"] for e in entries]
     print(
       f"\ntuned {len(costs)} geometries in {time.perf_counter() - start:.0f} s: per geometry "
       f"min {min(costs):.2f} s, median {statistics.median(costs):.2f} s, max {max(costs):.2f} s "

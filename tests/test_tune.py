@@ -92,6 +92,31 @@ def test_measure_keeps_timing_the_contenders_and_lax():
   assert len(timer.calls) == 5 + (n - 1) * 4 + (_tune.MAX_ROUNDS - n) * 3
 
 
+def test_confirm_measures_again_and_keeps_each_candidates_least_median():
+  # A slowdown that spans the first measurement (winograd4 at 3x its time) is undone by the second,
+  # and one that spans the second (lax's) by the first: each candidate keeps its lesser median.
+  g = _geometry()
+  with _tune.recording() as measured:
+    _tune.measure(g, timer=FakeTimer({**FAKE, "winograd4": 1.2}))
+  assert measured == [g]
+  first = _tune.lookup(g)
+  assert _tune.decide(g, first, list(FAKE))[0] == "winograd2"
+  timer = FakeTimer({**FAKE, "lax": 3.0})
+  _tune.confirm(measured, timer=timer)
+  assert timer.calls and _tune.passes() == _tune.PASSES == 2
+  entry = _tune.lookup(g)
+  assert entry["times"] == FAKE
+  assert entry["rounds"] == 2 * first["rounds"] and entry["tuned_s"] > first["tuned_s"]
+  assert _tune.decide(g, entry, list(FAKE))[0] == "winograd4"
+
+
+def test_one_pass_confirms_nothing(monkeypatch):
+  monkeypatch.setenv("JAXCONV_TUNE_PASSES", "1")
+  timer = FakeTimer()
+  _tune.confirm([_geometry()], timer=timer)
+  assert timer.calls == [] and _tune.lookup(_geometry()) is None
+
+
 def _decide(entry, times=None, errors=None, allowed=tuple(FAKE)):
   e = {**entry, "times": {**entry["times"], **(times or {})}}
   e["errors"] = {**entry["errors"], **(errors or {})}
@@ -250,6 +275,9 @@ def test_tune_collects_forward_and_backward_convolutions(monkeypatch):
     assert t.algorithm in t.times and t.speedup > 0
   text = str(table)
   assert text.splitlines()[0].startswith("convolution") and "32 -> 32" in text
+  # Each geometry was measured twice (`confirm`), a batch apart, and the table shows the result.
+  assert jaxconv.cache_info()["autotune"].measured == 3 * _tune.PASSES
+  assert all(_tune.lookup(t.geometry)["rounds"] == _tune.PASSES * _tune.MAX_ROUNDS for t in table)
   # A second tune finds everything cached (nothing measured again) and still lists it all.
   before = jaxconv.cache_info()["autotune"].measured
   again = jaxconv.tune(jax.jit(jax.grad(loss, argnums=(0, 1))), x, w)
