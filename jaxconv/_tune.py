@@ -238,7 +238,8 @@ def _default_timer(label: str, call: Callable[[], Any]) -> float:
   that candidate left: lax's convolution of a 32x8x8x128 input by a 3x3x128x256 kernel at stride
   2 took 1.5-1.6 ms per call back to back and 5.8-7.3 ms as the first call of a round. Timing that
   call alone for the candidates slower than `ROUND_S`, and the warm ones after it for the faster,
-  made lax's median 4x too slow there and `auto` picked a Winograd form 1.4x slower than lax.
+  made lax's median up to 4x too slow: in five of eight measurements of that geometry `auto`
+  picked a candidate 1.2-1.5x slower than lax (bench/tune_repeat.py).
   Waiting for each short call would add the host's round trip to every one: on a GPU about 0.2 ms,
   more than some whole convolutions take there, which buries the differences between candidates.
   """
