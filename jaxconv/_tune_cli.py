@@ -105,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"measuring {len(todo)} geometries, then each again ({_tune.passes()} passes)")
   with _tune.recording() as measured:
     for g in todo:
-      _tune.measure(g)
+      if args.force or _tune.lookup(g) is None:  # not already measured as another's nested one
+        _tune.measure(g)
   _tune.confirm(measured)
   entries = [_tune.lookup(g) for g in measured]
   for name, g in items:
