@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 import jaxconv
-from jaxconv import _api, _select
+from jaxconv import _api, _tune
 from jaxconv._registry import forced
 
 jax.config.update("jax_enable_x64", True)
@@ -38,16 +38,11 @@ def _rel(a, b) -> float:
 
 def _kernel_gradient_geometry(x, w, kw):
   """The kernel-gradient convolution jaxconv's primitive states for this layer."""
-  seen = []
-  collect = _select._tune.collect
-  try:
-    _select._tune.collect = lambda g, a, p: (seen.append(g), collect(g, a, p))[1]
-    fwd = lambda w: jaxconv.conv_general_dilated(x, w, **kw, algorithm="winograd4")
+  fwd = lambda w: jaxconv.conv_general_dilated(x, w, **kw, algorithm="winograd4")
+  with _tune.planned() as seen:
     out = jax.eval_shape(fwd, w)
     jax.vjp(fwd, w)[1](np.zeros(out.shape, out.dtype))
-  finally:
-    _select._tune.collect = collect
-  return next(g for g in seen if g.out_shape == w.shape)
+  return next(p.geometry for p in seen if p.geometry.out_shape == w.shape)
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 import jaxconv
 from jaxconv import _host_memory as host_memory
+from jaxconv import _tune
 from jaxconv._timing import interleaved_call_rounds, ratio_text
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -133,13 +134,8 @@ def _row(layer, args, torch, rng) -> list[str]:
 
 def _phases(step, x, w, ct) -> str:
   """What auto runs in the timed step: the forward and, with --train, the gradients."""
-  seen = []
-  collect = jaxconv._select._tune.collect
-  try:
-    jaxconv._select._tune.collect = lambda g, a, p: (seen.append(p), collect(g, a, p))[1]
+  with _tune.planned() as seen:
     step.trace(x, w, ct).lower()
-  finally:
-    jaxconv._select._tune.collect = collect
   return "+".join(dict.fromkeys(p.label for p in seen))
 
 

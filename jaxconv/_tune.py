@@ -514,11 +514,40 @@ _collector: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
 )
 
 
+_planned: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+  "jaxconv_tune_planned", default=None
+)
+
+
 def collect(g: ConvGeometry, requested: str, plan: Any, local: ConvGeometry | None = None) -> None:
-  """Records a convolution `choose` planned (with what one device computes), when `tune` traces."""
+  """Records a convolution `choose` planned (with what one device computes), when `tune` traces,
+  and inside `planned`."""
   seen = _collector.get()
   if seen is not None:
     seen.setdefault((g, requested), (plan, local))
+  if (plans := _planned.get()) is not None:
+    plans.append(plan)
+
+
+@contextlib.contextmanager
+def planned() -> Iterator[list[Any]]:
+  """Every plan `choose` makes inside the block, in order, repeats included.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxconv
+    >>> dn = ("NHWC", "HWIO", "NHWC")
+    >>> f = lambda x, w: jaxconv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    >>> with planned() as plans:
+    ...   _ = jax.eval_shape(f, jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
+    >>> [p.algorithm for p in plans]
+    ['lax']
+  """
+  plans: list[Any] = []
+  token = _planned.set(plans)
+  try:
+    yield plans
+  finally:
+    _planned.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)

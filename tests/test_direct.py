@@ -15,7 +15,7 @@ import pytest
 from jax import lax
 
 import jaxconv
-from jaxconv import _direct
+from jaxconv import _direct, _tune
 from tests.util import HIGHEST, TOLERANCE, check_against_lax, random_array, rel_err, rng_for
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -173,14 +173,9 @@ def test_auto_runs_depthwise_and_its_gradients_directly():
   x, w = jnp.ones((4, 24, 24, 32)), jnp.ones((7, 7, 1, 32))
   kwargs = _kwargs(dict(padding="SAME", feature_group_count=32))
   assert jaxconv.plan(x, w, **kwargs).algorithm == "direct"
-  seen = []
-  collect = jaxconv._select._tune.collect
   grad = jax.grad(lambda x, w: jaxconv.conv_general_dilated(x, w, **kwargs).sum(), (0, 1))
-  try:
-    jaxconv._select._tune.collect = lambda *a: (seen.append(a[2]), collect(*a))[1]
+  with _tune.planned() as seen:
     jax.jit(grad).lower(x, w)
-  finally:
-    jaxconv._select._tune.collect = collect
   kinds = {(p.geometry.batch_group_count > 1, p.algorithm) for p in seen}
   assert kinds == {(False, "direct"), (True, "direct")}, [p.reason for p in seen]
 

@@ -11,6 +11,7 @@ import pytest
 from jax import lax
 
 import jaxconv
+from jaxconv import _tune
 from tests.util import HIGHEST, check_against_lax, rel_err, rng_for
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -100,16 +101,11 @@ def test_subpixel_declines_what_it_cannot_split():
 
 def test_auto_decomposes_a_strided_layers_input_gradient():
   x, w = jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
-  seen = []
-  collect = jaxconv._select._tune.collect
   fwd = lambda x: jaxconv.conv_general_dilated(
     x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC
   )
-  try:
-    jaxconv._select._tune.collect = lambda *a: (seen.append(a[2]), collect(*a))[1]
+  with _tune.planned() as seen:
     jax.jit(jax.grad(lambda x: fwd(x).sum())).lower(x)
-  finally:
-    jaxconv._select._tune.collect = collect
   dilated = [p for p in seen if max(p.geometry.lhs_dilation) > 1]
   assert dilated and all(p.algorithm == "col2im" for p in dilated), [p.reason for p in seen]
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxconv
-from jaxconv import _wgrad
+from jaxconv import _tune, _wgrad
 from tests.test_direct import _lax_vjp_convs, lax_call
 from tests.util import HIGHEST, check_against_lax, rng_for
 
@@ -77,14 +77,9 @@ def test_wgrad_declines_a_forward_convolution():
 def test_auto_runs_a_3d_kernel_gradient_in_the_winograd_domain():
   x, w = jnp.ones((2, 16, 32, 32, 32)), jnp.ones((3, 3, 3, 32, 32))  # the benchmark's layer
   kwargs = dict(padding="SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=HIGHEST)
-  seen = []
-  collect = jaxconv._select._tune.collect
   loss = lambda w: jaxconv.conv_general_dilated(x, w, (1, 1, 1), **kwargs).sum()
-  try:
-    jaxconv._select._tune.collect = lambda *a: (seen.append(a[2]), collect(*a))[1]
+  with _tune.planned() as seen:
     jax.jit(jax.grad(loss)).lower(w)
-  finally:
-    jaxconv._select._tune.collect = collect
   assert [p.algorithm for p in seen] == ["winograd", "wgrad"], [p.reason for p in seen]
   assert _wgrad.forward_of(seen[1].geometry).kernel == (3, 3, 3)
 
