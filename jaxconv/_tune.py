@@ -388,14 +388,19 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[list[ConvGeometry]]:
-  """Collects the geometries measured and stored inside the block (nested ones first)."""
-  recorded: list[ConvGeometry] = []
-  token = _recorded.set(recorded)
+def _listing(var: contextvars.ContextVar[list | None]) -> Iterator[list]:
+  """A fresh list in `var` for the block: what is appended to it there."""
+  items: list = []
+  token = var.set(items)
   try:
-    yield recorded
+    yield items
   finally:
-    _recorded.reset(token)
+    var.reset(token)
+
+
+def recording() -> contextlib.AbstractContextManager[list[ConvGeometry]]:
+  """Collects the geometries measured and stored inside the block (nested ones first)."""
+  return _listing(_recorded)
 
 
 def confirm(geometries: Sequence[ConvGeometry], *, timer: Timer | None = None) -> None:
@@ -529,8 +534,7 @@ def collect(g: ConvGeometry, requested: str, plan: Any, local: ConvGeometry | No
     plans.append(plan)
 
 
-@contextlib.contextmanager
-def planned() -> Iterator[list[Any]]:
+def planned() -> contextlib.AbstractContextManager[list[Any]]:
   """Every plan `choose` makes inside the block, in order, repeats included.
 
   Example:
@@ -542,12 +546,7 @@ def planned() -> Iterator[list[Any]]:
     >>> [p.algorithm for p in plans]
     ['lax']
   """
-  plans: list[Any] = []
-  token = _planned.set(plans)
-  try:
-    yield plans
-  finally:
-    _planned.reset(token)
+  return _listing(_planned)
 
 
 @dataclasses.dataclass(frozen=True)
