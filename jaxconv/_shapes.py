@@ -290,6 +290,37 @@ def _build() -> tuple[Shape, ...]:
     out.append(
       _conv2d(name, 8, hw, c, o, k=1, s=s, tags=("pointwise",), note=f"ResNet-50 1x1: {note}")
     )
+  # The convolutions of bench/train_model.py's ResNet for 32x32 images (batch 32): its stem, each
+  # distinct 3x3 layer, and the 1x1 stride-2 projections.
+  for hw, c, o, k, s in (
+    (32, 3, 32, 3, 1),
+    (32, 32, 32, 3, 1),
+    (32, 32, 64, 3, 2),
+    (16, 64, 64, 3, 1),
+    (16, 64, 128, 3, 2),
+    (8, 128, 128, 3, 1),
+    (8, 128, 256, 3, 2),
+    (4, 256, 256, 3, 1),
+    (32, 32, 64, 1, 2),
+    (16, 64, 128, 1, 2),
+    (8, 128, 256, 1, 2),
+  ):
+    name = f"cifar-resnet-{hw}x{c}-{o}" + (f"-{k}x{k}" if k != 3 else "") + ("-s2" if s > 1 else "")
+    pad = ((k // 2, (k - 1) // 2),) * 2
+    out.append(
+      _conv2d(
+        name,
+        32,
+        hw,
+        c,
+        o,
+        k=k,
+        s=s,
+        padding=pad,
+        tags=("cifar-resnet",),
+        note=("bench/train_model.py's ResNet for 32x32 images"),
+      )
+    )
   out.append(_conv2d("conv5x5-32x64", 8, 32, 64, 64, k=5, tags=("5x5",), note="a 5x5 layer"))
   out.append(
     Shape(
