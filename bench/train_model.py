@@ -29,7 +29,12 @@ its centre tap before anything runs, in all three backends: the same steps with 
 of the same strides and widths, so what remains is what a step costs besides its 3x3 convolutions
 (normalisation, activations, the loss, the update, the projections).
 
-  python bench/train_model.py [--models resnet,unet] [--rounds 7] [--tune] [--centre-taps]
+With ``--refine`` each model's jaxconv step is refined first (`jaxconv.refine`, which tunes it,
+then times the whole step with each convolution's alternatives and keeps in the tuning cache the
+changes that made it faster), and the steps are then timed in a fresh process.
+
+  python bench/train_model.py [--models resnet,unet] [--rounds 7] [--tune] [--refine]
+                              [--centre-taps]
   /tmp/torchvenv/bin/python bench/train_model.py  # with PyTorch installed next to jaxconv
 """
 
@@ -38,7 +43,9 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import subprocess
 import sys
+import time
 
 # Before PyTorch is imported: its OpenMP threads otherwise spin after each call, taking the cores
 # XLA's threads need next (see bench/pytorch.py).
@@ -314,12 +321,40 @@ def _check_up() -> float:
   return err
 
 
+def _refine_then_rerun(args: argparse.Namespace, argv: list[str]) -> int:
+  """Refines each model's jaxconv step, then times them all in a fresh process.
+
+  In the process that refined, every compiled step ran slower afterwards (see `jaxconv.refine`),
+  so the timing runs in a new one, which finds the choices in the tuning cache.
+  """
+  for name in args.models.split(","):
+    init, loss, make_batch = MODELS[name]
+    params = init(jax.random.key(0))
+    if args.centre_taps:
+      params = centre_taps(params)
+    velocity = jax.tree.map(jnp.zeros_like, params)
+    start = time.perf_counter()
+    table = jaxconv.refine(_step(loss, "jaxconv"), params, velocity, make_batch(jax.random.key(1)))
+    for row in table:
+      if row.reason.startswith("measured in a whole function"):
+        print(f"  {name}: {row.geometry.describe()}: {row.algorithm}, {row.reason}")
+    print(f"  {name}: {table.summary}, in {time.perf_counter() - start:.0f} s")
+  sys.stdout.flush()
+  rest = [a for a in argv if a not in ("--refine", "--tune")]
+  return subprocess.run([sys.executable, __file__, *rest], check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet,unet")
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument(
     "--tune", action="store_true", help="measure the jaxconv step's convolutions first (cached)"
+  )
+  parser.add_argument(
+    "--refine",
+    action="store_true",
+    help="then time the step with each convolution's alternatives (jaxconv.refine; cached)",
   )
   parser.add_argument(
     "--centre-taps",
@@ -359,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
       f"{'model':>8}  {'lax ms':>9}  {'jaxconv ms':>10}  {'torch ms':>9}  {'x lax (IQR)':>18}  "
       f"{'x torch (IQR)':>18}  losses (lax | jaxconv | torch)"
     )
+  if args.refine:
+    return _refine_then_rerun(args, sys.argv[1:] if argv is None else argv)
   for name in args.models.split(","):
     init, loss, make_batch = MODELS[name]
     params = init(jax.random.key(0))

@@ -14,6 +14,7 @@ from jaxconv._host_memory import keep_host_memory as keep_host_memory
 from jaxconv._im2col import patch_budget as patch_budget
 from jaxconv._im2col import set_patch_budget as set_patch_budget
 from jaxconv._intercept import use as use
+from jaxconv._refine import refine as refine
 from jaxconv._registry import ALGORITHMS as ALGORITHMS
 from jaxconv._select import Plan as Plan
 from jaxconv._select import set_nonfinite as set_nonfinite
@@ -47,6 +48,7 @@ __all__ = [
   "keep_host_memory",
   "patch_budget",
   "plan",
+  "refine",
   "set_autotune",
   "set_nonfinite",
   "set_patch_budget",

@@ -66,6 +66,7 @@ __all__ = [
   "MARGIN",
   "TuneTable",
   "Tuned",
+  "admissible",
   "autotune",
   "autotune_enabled",
   "budget",
@@ -469,14 +470,17 @@ def _temp_bytes(compiled: Any) -> int:
     return 0
 
 
-def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, str]:
-  """The label to run from a measurement, and the reason; lax unless a candidate beats it.
+# `refine`'s trial choices, {geometry: label}, while it traces the function with them.
+_trial: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+  "jaxconv_tune_trial", default=None
+)
 
-  Args:
-    g: the geometry measured.
-    entry: its cache entry (`measure`).
-    allowed: the candidate labels `auto` may pick (lax is always allowed).
-  """
+
+def admissible(
+  g: ConvGeometry, entry: dict, allowed: Sequence[str]
+) -> tuple[dict[str, float], list[tuple[float, str]], list[str]]:
+  """The times `decide` compares, the (time, label) of each admissible candidate but lax, in
+  `allowed`'s order, and a note on each dropped for accuracy."""
   times, errors = dict(entry["times"]), entry["errors"]
   # Against float64 (`_errors`), a candidate may be as far off as lax plus its tolerance.
   slack = errors["lax"] if entry.get("reference") == "float64" else 0.0
@@ -485,7 +489,6 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
     for label, nbytes in entry.get("temp_bytes", {}).items():
       if label in times:
         times[label] += nbytes / FRESH_BYTES_RATE
-  lax_t = times["lax"]
   ok, dropped = [], []
   by_label = _labelled(g)
   for label in allowed:
@@ -497,6 +500,29 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
       dropped.append(f"{label} (error {errors.get(label, float('nan')):.1e} > {slack + tol:.1e})")
     else:
       ok.append((times[label], label))
+  return times, ok, dropped
+
+
+def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, str]:
+  """The label to run from a measurement, and the reason; lax unless a candidate beats it.
+
+  A choice `refine` measured in a whole function (the entry's ``in_context``) comes first.
+
+  Args:
+    g: the geometry measured.
+    entry: its cache entry (`measure`).
+    allowed: the candidate labels `auto` may pick (lax is always allowed).
+  """
+  if (trial := _trial.get()) is not None and trial.get(g) in (*allowed, "lax"):
+    return trial[g], "a trial of `refine`"
+  kept = entry.get("in_context")
+  if kept is not None and kept["label"] in (*allowed, "lax"):
+    return kept["label"], (
+      f"measured in a whole function (`refine`): {kept['gain']:.2f}x faster there than "
+      f"{kept['instead_of']}"
+    )
+  times, ok, dropped = admissible(g, entry, allowed)
+  lax_t = times["lax"]
   summary = ", ".join(f"{label} {t * 1e3:.3g} ms" for label, t in sorted(times.items()))
   note = f"; dropped for accuracy: {', '.join(dropped)}" if dropped else ""
   if ok:
@@ -576,7 +602,13 @@ class Tuned:
 
 
 class TuneTable(list):
-  """The convolutions of a function, as `tune` found them: a list of `Tuned`, printable."""
+  """The convolutions of a function, as `tune` found them: a list of `Tuned`, printable.
+
+  Attributes:
+    summary: a line printed under the rows (`refine` says there what it changed).
+  """
+
+  summary: str = ""
 
   def __str__(self) -> str:
     rows = [["convolution", "algorithm", "lax ms", "chosen ms", "speedup", "candidates"]]
@@ -595,7 +627,8 @@ class TuneTable(list):
         ]
       )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text + (f"\n{self.summary}" if self.summary else "")
 
 
 def tune(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TuneTable:
@@ -618,21 +651,37 @@ def tune(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TuneTable:
     >>> len(table), table[0].algorithm, table[0].reason[:10]  # too small to be worth measuring
     (1, 'lax', 'it is tiny')
   """
-  from jaxconv._select import choose  # which reads this module
+  seen, measured = _trace(fn, args, kwargs, enabled=True)
+  confirm(measured)
+  _advance()
+  return table_of(seen, replan=bool(measured))
 
+
+def _trace(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict, *, enabled: bool):
+  """Traces ``fn(*args, **kwargs)`` abstractly with autotuning `enabled`.
+
+  Returns:
+    {(geometry, requested algorithm): (plan, geometry one device computes)} of every convolution
+    planned, in trace order, and the geometries measured while tracing.
+  """
   seen: dict = {}
   token = _collector.set(seen)
   try:
     # A fresh context value: jitted functions inside `fn` miss their caches and trace again.
-    with recording() as measured, _state((True, _state.value[1], f"tune-{next(_tokens)}")):
+    with recording() as measured, _state((enabled, _state.value[1], f"tune-{next(_tokens)}")):
       jax.eval_shape(functools.partial(fn, **kwargs), *args)
   finally:
     _collector.reset(token)
-  confirm(measured)
-  _advance()
+  return seen, measured
+
+
+def table_of(seen: dict, *, replan: bool) -> TuneTable:
+  """`_trace`'s convolutions as a table; `replan`: choose again (measurements changed since)."""
+  from jaxconv._select import choose  # which reads this module
+
   table = TuneTable()
   for (g, requested), (plan, local) in seen.items():
-    if measured:  # the second pass may have changed the choice made while tracing
+    if replan:
       plan = choose(g, requested, measure=False, local=local)
     entry = lookup(g)
     table.append(
