@@ -13,8 +13,8 @@ training step of the layer alone, made the whole step 1.05x slower than lax did,
 1. tunes `fn` (`tune`), so that every convolution in it has a measurement;
 2. for each distinct convolution `auto` runs in it, takes as alternatives lax and the fastest
    other admissible candidate whose time alone is within `WITHIN` of the chosen one's;
-3. compiles `fn` as chosen, and once per alternative with that one change (XLA compiles in a
-   small thread pool, as `tune` does);
+3. compiles `fn` as chosen, and once per alternative with that one change, as many at a time as
+   `tune` compiles at once (two on a 2-core CPU), and frees each batch once it is timed;
 4. times each such program against the chosen one in `ROUNDS` interleaved rounds of one call each,
    and keeps the changes that made `fn` at least `GAIN` faster (the median of the per-round
    ratios, `_timing.round_ratios`) and faster in three rounds of four (their first quartile);
