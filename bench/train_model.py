@@ -321,6 +321,16 @@ def _check_up() -> float:
   return err
 
 
+def _model(name: str, centre: bool) -> tuple:
+  """A model's loss, initial parameters (3x3 kernels cut to their centre taps if `centre`), zero
+  velocity and batch."""
+  init, loss, make_batch = MODELS[name]
+  params = init(jax.random.key(0))
+  if centre:
+    params = centre_taps(params)
+  return loss, params, jax.tree.map(jnp.zeros_like, params), make_batch(jax.random.key(1))
+
+
 def _refine_then_rerun(args: argparse.Namespace, argv: list[str]) -> int:
   """Refines each model's jaxconv step, then times them all in a fresh process.
 
@@ -328,13 +338,9 @@ def _refine_then_rerun(args: argparse.Namespace, argv: list[str]) -> int:
   so the timing runs in a new one, which finds the choices in the tuning cache.
   """
   for name in args.models.split(","):
-    init, loss, make_batch = MODELS[name]
-    params = init(jax.random.key(0))
-    if args.centre_taps:
-      params = centre_taps(params)
-    velocity = jax.tree.map(jnp.zeros_like, params)
+    loss, params, velocity, batch = _model(name, args.centre_taps)
     start = time.perf_counter()
-    table = jaxconv.refine(_step(loss, "jaxconv"), params, velocity, make_batch(jax.random.key(1)))
+    table = jaxconv.refine(_step(loss, "jaxconv"), params, velocity, batch)
     for row in table:
       if row.reason.startswith("measured in a whole function"):
         print(f"  {name}: {row.geometry.describe()}: {row.algorithm}, {row.reason}")
@@ -397,12 +403,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.refine:
     return _refine_then_rerun(args, sys.argv[1:] if argv is None else argv)
   for name in args.models.split(","):
-    init, loss, make_batch = MODELS[name]
-    params = init(jax.random.key(0))
-    if args.centre_taps:
-      params = centre_taps(params)
-    velocity = jax.tree.map(jnp.zeros_like, params)
-    batch = make_batch(jax.random.key(1))
+    loss, params, velocity, batch = _model(name, args.centre_taps)
     steps = {b: _step(loss, b) for b in BACKENDS}
     if args.tune:  # fills the tuning cache; later runs reuse it
       table = jaxconv.tune(steps["jaxconv"], params, velocity, batch)
