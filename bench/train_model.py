@@ -334,7 +334,7 @@ def _model(name: str, centre: bool) -> tuple:
 def _refine_then_rerun(args: argparse.Namespace, argv: list[str]) -> int:
   """Refines each model's jaxconv step, then times them all in a fresh process.
 
-  In the process that refined, every compiled step ran slower afterwards (see `jaxconv.refine`),
+  In the process that refined, compiled steps have run slower afterwards (see `jaxconv.refine`),
   so the timing runs in a new one, which finds the choices in the tuning cache.
   """
   for name in args.models.split(","):

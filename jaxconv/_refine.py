@@ -24,10 +24,14 @@ training step of the layer alone, made the whole step 1.05x slower than lax did,
    from then on in every function, until the geometry is measured again.
 
 Train in a fresh process after refining, which finds the choices in the cache: in the process
-that refined, the same compiled step ran slower afterwards, with no more page faults and the same
-threads (bench/train_model.py's U-Net, YNNPACK off: 70 ms -> 150 ms with every trial program
-alive at once, 79 ms -> 102 ms with two at a time, as now; lax's ResNet step 208 ms -> 498 ms).
-Its cause is not known.
+that refined, the same compiled step has run slower afterwards, with no more page faults and the
+same threads (bench/train_model.py's U-Net, YNNPACK off: 70 ms -> 150 ms when every trial program
+was alive at once, 79 ms -> 102 ms with two at a time; lax's ResNet step 208 ms -> 498 ms). Timed
+again around a refine of the U-Net's step, two trial programs at a time, lax's U-Net step went
+from 281.8 ms to 290.0 ms under default flags and from 267.1 ms to 289.7 ms with YNNPACK off
+(1.03x and 1.08x slower); neither `tune` nor 80 compiles of convolution gradients slowed lax's
+ResNet step (docs/benchmarks-epyc/refine-aftereffect.txt). The cause of the larger slowdowns is
+not known.
 
 One change at a time, against the same program: a handful of convolutions out of dozens seldom
 interact, and the combination is timed before it is kept. Every program compiled is `fn` itself,
