@@ -145,8 +145,12 @@ class ConvGeometry:
 
   @property
   def is_empty(self) -> bool:
-    """True when the result has no elements or every output is an empty sum (zeros)."""
-    return math.prod(self.out_shape) == 0 or self.group_in_features == 0
+    """True when the result has no elements or every output is an empty sum (zeros).
+
+    An output sums over the input features and over the input points its window covers: with no
+    features, or an input axis of size 0 (padding alone can give such an axis outputs), it is 0.
+    """
+    return math.prod(self.out_shape) == 0 or self.group_in_features == 0 or 0 in self.in_spatial
 
   @property
   def pad_config(self) -> tuple[tuple[int, int, int], ...]:

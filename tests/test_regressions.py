@@ -82,3 +82,29 @@ def test_negative_2d_padding_on_the_lax_path(layout, algorithm):
     out = out.transpose(0, 2, 3, 1)
   assert plan.algorithm in ("lax", "im2col")  # an exact algorithm either way
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "algorithm", ["im2col", "winograd4", "col2im", "subpixel", "pixelshuffle", "auto"]
+)
+def test_empty_input_axis_with_padded_outputs(algorithm):
+  # An input axis of size 0 padded to outputs (W: 0 + (0, 1); D: 0 dilated by 2, + (0, 1)): every
+  # output sums over padding alone, so the result is zeros, and its kernel gradient too. im2col's
+  # gather from the empty input failed to trace here.
+  import jax
+
+  x = np.zeros((2, 1, 1, 0, 0), np.float32)
+  w = np.full((3, 1, 1, 1, 1), 0.5, np.float32)
+  kwargs = dict(
+    window_strides=(1, 1, 1),
+    padding=((0, 0), (0, 1), (0, 1)),
+    lhs_dilation=(1, 1, 2),
+    dimension_numbers=("NCHWD", "OIHWD", "NCHWD"),
+    precision="highest",
+  )
+  want = lax.conv_general_dilated(x, w, **kwargs)
+  assert want.shape == (2, 3, 1, 1, 1)
+  out = jaxconv.conv_general_dilated(x, w, **kwargs, algorithm=algorithm)
+  np.testing.assert_array_equal(out, want)
+  dw = jax.grad(lambda w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm=algorithm).sum())
+  np.testing.assert_array_equal(dw(w), np.zeros_like(w))
