@@ -40,6 +40,7 @@ def conv_calls(
   float_only: bool = False,
   ranks: tuple[int, ...] = (0, 1, 2, 3),
   input_dilated: bool = False,
+  dtypes: tuple | None = None,
 ):
   """A random conv_general_dilated call: (lhs, rhs, kwargs). Mostly valid, sometimes not.
 
@@ -69,7 +70,7 @@ def conv_calls(
     padding = tuple((draw(st.integers(-2, 3)), draw(st.integers(-2, 3))) for _ in range(nd))
   else:
     padding = draw(st.sampled_from(["SAME", "SAME_LOWER", "VALID"]))
-  dtype = draw(st.sampled_from(DTYPES[:4] if float_only else DTYPES))
+  dtype = draw(st.sampled_from(dtypes or (DTYPES[:4] if float_only else DTYPES)))
   lhs_sizes = dict(N=n, C=cin_g * fgc, **dict(zip(spatial, sizes_in)))
   rhs_sizes = dict(O=cout, I=cin_g, **dict(zip(spatial, kernel)))
   rng = np.random.default_rng(draw(st.integers(0, 2**31)))
@@ -185,3 +186,87 @@ def test_wgrad_matches_lax_kernel_gradient(call):
   dtype = np.dtype(want.dtype)
   tol = TOLERANCE[dtype] * 10 if dtype.itemsize >= 4 else TOLERANCE[dtype] * 40
   assert rel_err(got.astype(want.dtype), want) <= tol
+
+
+def _vjp(conv, lhs, rhs, dy):
+  y, pullback = jax.vjp(conv, lhs, rhs)
+  return y, pullback(dy)
+
+
+@given(conv_calls(dtypes=(np.float32, np.float64)))
+def test_auto_gradients_match_lax(call):
+  # Input and kernel gradients of every layer lax accepts, against lax's (its transposes: strided
+  # layers' input gradients by sub-pixel phases, kernel gradients in the Winograd domain, ...).
+  lhs, rhs, kwargs = call
+  try:
+    want_y = _lax(lhs, rhs, kwargs)
+  except Exception:
+    assume(False)
+  event("compared with lax")
+  dy = random_array(np.random.default_rng(1), want_y.shape, want_y.dtype)
+  _, got = _vjp(
+    lambda x, w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm="auto"), lhs, rhs, dy
+  )
+  _, want = _vjp(lambda x, w: lax.conv_general_dilated(x, w, **kwargs), lhs, rhs, dy)
+  tol = 10 * TOLERANCE[np.dtype(want_y.dtype)]
+  for name, g, ref in zip(("input", "kernel"), got, want):
+    assert g.shape == ref.shape and g.dtype == ref.dtype, name
+    if rel_err(g, ref) > tol:  # lax's own gradient can be wrong on negative paddings (above)
+      event("lax disagrees with the pre-padded reference")
+      _, pre = _vjp(lambda x, w: _prepadded_reference(x, w, kwargs), lhs, rhs, dy)
+      ref = pre[0] if name == "input" else pre[1]
+      assert rel_err(g, ref) <= tol, name
+
+
+@st.composite
+def conv_transpose_calls(draw):
+  """A random lax.conv_transpose call: (lhs, rhs, kwargs), mostly valid."""
+  nd = draw(st.sampled_from([1, 2, 3]))
+  spatial = SPATIAL_CHARS[:nd]
+  lhs_spec = "".join(draw(st.permutations("NC" + spatial)))
+  rhs_spec = "".join(draw(st.permutations("OI" + spatial)))
+  out_spec = "".join(draw(st.permutations("NC" + spatial)))
+  transpose_kernel = draw(st.booleans())
+  cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+  sizes = dict(N=draw(st.integers(1, 2)), C=cin, **{c: draw(st.integers(1, 6)) for c in spatial})
+  kernel = dict(
+    O=cin if transpose_kernel else cout,
+    I=cout if transpose_kernel else cin,
+    **{c: draw(st.integers(1, 5)) for c in spatial},
+  )
+  if draw(st.booleans()):
+    padding = tuple((draw(st.integers(-1, 4)), draw(st.integers(-1, 4))) for _ in range(nd))
+  else:
+    padding = draw(st.sampled_from(["SAME", "VALID"]))
+  dtype = draw(st.sampled_from([np.float32, np.float64]))
+  rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+  lhs = random_array(rng, tuple(sizes[c] for c in lhs_spec), dtype)
+  rhs = random_array(rng, tuple(kernel[c] for c in rhs_spec), dtype)
+  kwargs = dict(
+    strides=tuple(draw(st.integers(1, 3)) for _ in range(nd)),
+    padding=padding,
+    rhs_dilation=tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd)),
+    dimension_numbers=(lhs_spec, rhs_spec, out_spec),
+    transpose_kernel=transpose_kernel,
+    precision=lax.Precision.HIGHEST,
+    use_consistent_padding=draw(st.booleans()),
+  )
+  return lhs, rhs, kwargs
+
+
+@given(conv_transpose_calls())
+def test_conv_transpose_matches_lax(call):
+  lhs, rhs, kwargs = call
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      ref = jax.block_until_ready(lax.conv_transpose(lhs, rhs, **kwargs))
+  except Exception as e:
+    event(f"lax rejects: {type(e).__name__}")
+    with pytest.raises(type(e)):
+      jaxconv.conv_transpose(lhs, rhs, **kwargs)
+    return
+  event("compared with lax")
+  out = jaxconv.conv_transpose(lhs, rhs, **kwargs)
+  assert out.shape == ref.shape and out.dtype == ref.dtype
+  assert rel_err(out, ref) <= 10 * TOLERANCE[np.dtype(ref.dtype)]
