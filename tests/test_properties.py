@@ -1,9 +1,10 @@
 """Property-based differential testing over the whole argument space (hypothesis).
 
 Every drawn call goes to lax first. When lax rejects it, jaxconv must raise the same exception type;
-when lax accepts it, every algorithm that accepts it must match lax at HIGHEST. Profiles: "ci" (the
-default, a few minutes in all) and "long" (``JAXCONV_HYPOTHESIS=long``, 5,000 examples per
-algorithm).
+when lax accepts it, every algorithm that accepts it must match lax at HIGHEST; so must `auto`'s
+input and kernel gradients, and `jaxconv.conv_transpose` on lax.conv_transpose's own arguments.
+Profiles: "ci" (the default, a few minutes in all) and "long" (``JAXCONV_HYPOTHESIS=long``, 5,000
+examples per test).
 """
 
 from __future__ import annotations
