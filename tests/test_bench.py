@@ -275,6 +275,16 @@ def test_winograd_stages_script(capsys):
     script.main(["--shapes", "resnet50-56x128-s2", "--rounds", "1"])
 
 
+def test_scheduler_script(capsys):
+  script = _bench_script("scheduler")
+  assert script.main(["--shapes", "tiny", "--rounds", "1", "--min-round-s", "0.001"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  timed = next(line for line in lines if line.startswith("tiny ("))
+  assert all(f"{name} " in timed for name in ("lax", "lax sequential", "auto", "auto sequential"))
+  ratios = lines[lines.index(timed) + 1]
+  assert "auto x lax" in ratios and "sequential x default: auto" in ratios
+
+
 def test_gpu_script_runs_its_steps(tmp_path):
   # bench/gpu.sh takes the GPU measurements; on tiny layers its tune, forward and train steps run
   # anywhere, each writing its log and `jaxconv bench`'s results.
