@@ -108,3 +108,32 @@ def test_empty_input_axis_with_padded_outputs(algorithm):
   np.testing.assert_array_equal(out, want)
   dw = jax.grad(lambda w: jaxconv.conv_general_dilated(x, w, **kwargs, algorithm=algorithm).sum())
   np.testing.assert_array_equal(dw(w), np.zeros_like(w))
+
+
+@pytest.mark.parametrize("algorithm", ["lax", "im2col", "winograd2", "col2im", "subpixel", "auto"])
+def test_conv_transpose_where_xla_aborts(algorithm):
+  # lax.conv_transpose of this call kills the process (jax 0.10.2: XLA:CPU's algebraic simplifier,
+  # "Check failed: ... Window dimensions do not match RHS shape"), so it is never called here;
+  # jaxconv's lax path runs it (a padding of -1, applied by lax.pad before convolving). With
+  # explicit padding taken as the forward's (`use_consistent_padding`) and the kernel transposed,
+  # the result is the adjoint of the strided forward convolution F: entry i is <F(e_i), x>.
+  import jax
+
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 1, 4, 2)).astype(np.float32)
+  k = rng.standard_normal((4, 2, 1, 2)).astype(np.float32)
+  dn = ("NCWH", "HIOW", "NCWH")
+  strides, padding = (3, 2), ((4, 2), (1, 1))
+  forward = jax.jit(
+    lambda z: lax.conv_general_dilated(
+      z, k, strides, padding, dimension_numbers=dn, precision="highest"
+    )
+  )
+  out = jaxconv.conv_transpose(
+    x, k, strides, padding, dimension_numbers=dn, transpose_kernel=True, precision="highest",
+    use_consistent_padding=True, algorithm=algorithm,
+  )  # fmt: skip
+  assert out.shape == (2, 2, 6, 1)
+  basis = np.eye(out.size, dtype=np.float32).reshape(out.size, *out.shape)
+  want = np.array([np.vdot(np.asarray(forward(e), np.float64), x) for e in basis])
+  np.testing.assert_allclose(np.asarray(out).ravel(), want, rtol=1e-5, atol=1e-5)
