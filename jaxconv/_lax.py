@@ -7,6 +7,8 @@ One correction: jitted XLA:CPU convolutions with a negative padding return wrong
 ((-1, 1), (-1, -1)) with a 3x3 kernel gave inf, and values that change from run to run). Where a
 padding is negative the input is therefore dilated, padded and cropped by `lax.pad` first, and the
 convolution runs on the result with no padding of its own: the same products, on every backend.
+On CPU an input dilation is applied the same way, since XLA:CPU aborts on some input-dilated
+convolutions.
 
 The cost model is XLA:CPU's rate on the reference machine (docs/benchmarks.md): `RATE` for wide
 layers, roughly in proportion to the input features per group below `FULL_RATE_FEATURES`.
@@ -76,27 +78,41 @@ class Lax(Algorithm):
     out_sharding: Any = None,
   ) -> jax.Array:
     del variant
-    padding, lhs_dilation = g.padding, g.lhs_dilation
-    if any(lo < 0 or hi < 0 for lo, hi in padding):
+
+    def convolve(lhs: jax.Array, padding, lhs_dilation) -> jax.Array:
+      return _conv(
+        lhs,
+        rhs,
+        g.strides,
+        padding,
+        lhs_dilation,
+        g.rhs_dilation,
+        g.dimension_numbers,
+        g.feature_group_count,
+        g.batch_group_count,
+        g.precision,
+        g.preferred_element_type,
+        out_sharding=out_sharding,
+      )
+
+    def prepadded(lhs: jax.Array) -> jax.Array:
       config = [(0, 0, 0)] * lhs.ndim
       for axis, pad in zip(g.dimension_numbers.lhs_spec[2:], g.pad_config):
         config[axis] = pad
       lhs = lax.pad(lhs, lax.full((), 0, lhs.dtype), config)
-      padding, lhs_dilation = ((0, 0),) * g.ndim, (1,) * g.ndim
-    return _conv(
-      lhs,
-      rhs,
-      g.strides,
-      padding,
-      lhs_dilation,
-      g.rhs_dilation,
-      g.dimension_numbers,
-      g.feature_group_count,
-      g.batch_group_count,
-      g.precision,
-      g.preferred_element_type,
-      out_sharding=out_sharding,
-    )
+      return convolve(lhs, ((0, 0),) * g.ndim, (1,) * g.ndim)
+
+    if any(lo < 0 or hi < 0 for lo, hi in g.padding):
+      return prepadded(lhs)
+    if max(g.lhs_dilation, default=1) > 1:
+      # XLA:CPU's algebraic simplifier aborts the process on some input-dilated convolutions
+      # (tests/test_regressions.py); on CPU the dilation goes to lax.pad, which ran the decoder
+      # layers of docs/benchmarks.md at 0.96-1.05x the dilated convolution's speed. Other backends
+      # keep it (cuDNN computes it as an input gradient).
+      return lax.platform_dependent(
+        lhs, cpu=prepadded, default=lambda lhs: convolve(lhs, g.padding, g.lhs_dilation)
+      )
+    return convolve(lhs, g.padding, g.lhs_dilation)
 
 
 LAX = Lax()
