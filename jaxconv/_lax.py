@@ -104,14 +104,13 @@ class Lax(Algorithm):
 
     if any(lo < 0 or hi < 0 for lo, hi in g.padding):
       return prepadded(lhs)
-    if max(g.lhs_dilation, default=1) > 1:
+    if max(g.lhs_dilation, default=1) > 1 and jax.default_backend() == "cpu":
       # XLA:CPU's algebraic simplifier aborts the process on some input-dilated convolutions
       # (tests/test_regressions.py); on CPU the dilation goes to lax.pad, which ran the decoder
       # layers of docs/benchmarks.md at 0.96-1.05x the dilated convolution's speed. Other backends
-      # keep it (cuDNN computes it as an input gradient).
-      return lax.platform_dependent(
-        lhs, cpu=prepadded, default=lambda lhs: convolve(lhs, g.padding, g.lhs_dilation)
-      )
+      # keep it (cuDNN computes it as an input gradient), as `auto`'s choices follow the default
+      # backend too (`jaxconv._select`).
+      return prepadded(lhs)
     return convolve(lhs, g.padding, g.lhs_dilation)
 
 
