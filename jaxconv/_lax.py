@@ -78,40 +78,33 @@ class Lax(Algorithm):
     out_sharding: Any = None,
   ) -> jax.Array:
     del variant
-
-    def convolve(lhs: jax.Array, padding, lhs_dilation) -> jax.Array:
-      return _conv(
-        lhs,
-        rhs,
-        g.strides,
-        padding,
-        lhs_dilation,
-        g.rhs_dilation,
-        g.dimension_numbers,
-        g.feature_group_count,
-        g.batch_group_count,
-        g.precision,
-        g.preferred_element_type,
-        out_sharding=out_sharding,
-      )
-
-    def prepadded(lhs: jax.Array) -> jax.Array:
+    padding, lhs_dilation = g.padding, g.lhs_dilation
+    # XLA:CPU's algebraic simplifier aborts the process on some input-dilated convolutions
+    # (tests/test_regressions.py), so on CPU the dilation goes to lax.pad too; that ran the decoder
+    # layers of docs/benchmarks.md at 0.96-1.05x the dilated convolution's speed. Other backends
+    # keep it (cuDNN computes it as an input gradient), as `auto`'s choices follow the default
+    # backend too (`jaxconv._select`).
+    dilated_on_cpu = max(lhs_dilation, default=1) > 1 and jax.default_backend() == "cpu"
+    if any(lo < 0 or hi < 0 for lo, hi in padding) or dilated_on_cpu:
       config = [(0, 0, 0)] * lhs.ndim
       for axis, pad in zip(g.dimension_numbers.lhs_spec[2:], g.pad_config):
         config[axis] = pad
       lhs = lax.pad(lhs, lax.full((), 0, lhs.dtype), config)
-      return convolve(lhs, ((0, 0),) * g.ndim, (1,) * g.ndim)
-
-    if any(lo < 0 or hi < 0 for lo, hi in g.padding):
-      return prepadded(lhs)
-    if max(g.lhs_dilation, default=1) > 1 and jax.default_backend() == "cpu":
-      # XLA:CPU's algebraic simplifier aborts the process on some input-dilated convolutions
-      # (tests/test_regressions.py); on CPU the dilation goes to lax.pad, which ran the decoder
-      # layers of docs/benchmarks.md at 0.96-1.05x the dilated convolution's speed. Other backends
-      # keep it (cuDNN computes it as an input gradient), as `auto`'s choices follow the default
-      # backend too (`jaxconv._select`).
-      return prepadded(lhs)
-    return convolve(lhs, g.padding, g.lhs_dilation)
+      padding, lhs_dilation = ((0, 0),) * g.ndim, (1,) * g.ndim
+    return _conv(
+      lhs,
+      rhs,
+      g.strides,
+      padding,
+      lhs_dilation,
+      g.rhs_dilation,
+      g.dimension_numbers,
+      g.feature_group_count,
+      g.batch_group_count,
+      g.precision,
+      g.preferred_element_type,
+      out_sharding=out_sharding,
+    )
 
 
 LAX = Lax()
