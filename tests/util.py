@@ -63,18 +63,18 @@ def _prepad(lhs, rhs, *, padding, lhs_dilation, dimension_numbers, **params):
   )  # fmt: skip
 
 
-def _evaluate(jaxpr: jex_core.Jaxpr, consts, *args):
+def _evaluate(jaxpr: jex_core.Jaxpr, consts, *args, every: bool = False):
   env = dict(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
   read = lambda v: v.val if isinstance(v, jex_core.Literal) else env[v]
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
-    dilated = max(eqn.params.get("lhs_dilation", ()), default=1) > 1
+    dilated = every or max(eqn.params.get("lhs_dilation", ()), default=1) > 1
     if eqn.primitive is lax.conv_general_dilated_p and dilated:
       outvals = [_prepad(*invals, **eqn.params)]
     elif eqn.primitive.name in ("pjit", "jit"):  # convolutions nested in a jitted function
       inner = eqn.params["jaxpr"]
-      outvals = _evaluate(inner.jaxpr, inner.consts, *invals)
+      outvals = _evaluate(inner.jaxpr, inner.consts, *invals, every=every)
     else:
       outvals = eqn.primitive.bind(*invals, **eqn.params)
       outvals = outvals if eqn.primitive.multiple_results else [outvals]
@@ -82,18 +82,19 @@ def _evaluate(jaxpr: jex_core.Jaxpr, consts, *args):
   return [read(v) for v in jaxpr.outvars]
 
 
-def without_input_dilation(fn):
+def without_input_dilation(fn, every: bool = False):
   """`fn` (lax calls) evaluated with every input-dilated convolution pre-dilated by `lax.pad`.
 
   jaxlib 0.10.2's XLA:CPU aborts the process on some input-dilated convolutions (a failed check in
   its algebraic simplifier: tests/test_regressions.py), which lax.conv_transpose and the input
   gradients of strided layers are. Tracing raises lax's own errors for invalid arguments; the
   convolutions then run as VALID ones of an input dilated and padded beforehand, the same sums.
+  With `every`, all convolutions do: XLA:CPU's own is wrong on some negative paddings.
   """
 
   def run(*args):
     closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    out = _evaluate(closed.jaxpr, closed.consts, *args)
+    out = _evaluate(closed.jaxpr, closed.consts, *args, every=every)
     return jax.tree.unflatten(jax.tree.structure(shape), [jax.block_until_ready(o) for o in out])
 
   return run
