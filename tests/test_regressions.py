@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from jax import lax
@@ -54,8 +55,6 @@ def test_negative_low_padding_1d(algorithm):
 def test_negative_2d_padding_on_the_lax_path(layout, algorithm):
   # Padding ((-1, 1), (-1, -1)) with a 3x3 kernel: jitted XLA:CPU convolution (jax 0.10.2) gave
   # inf and values changing from run to run. jaxconv's lax path crops and pads with lax.pad first.
-  import jax
-
   rng = np.random.default_rng(7)
   x = rng.standard_normal((2, 9, 8, 5)).astype(np.float32)  # NHWC
   w = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)  # HWIO
@@ -91,8 +90,6 @@ def test_empty_input_axis_with_padded_outputs(algorithm):
   # An input axis of size 0 padded to outputs (W: 0 + (0, 1); D: 0 dilated by 2, + (0, 1)): every
   # output sums over padding alone, so the result is zeros, and its kernel gradient too. im2col's
   # gather from the empty input failed to trace here.
-  import jax
-
   x = np.zeros((2, 1, 1, 0, 0), np.float32)
   w = np.full((3, 1, 1, 1, 1), 0.5, np.float32)
   kwargs = dict(
@@ -119,8 +116,6 @@ def test_conv_transpose_where_xla_aborts(algorithm, padding):
   # that path applied input dilations on CPU by lax.pad. With explicit padding taken as the
   # forward's (`use_consistent_padding`) and the kernel transposed, the result is the adjoint of
   # the strided forward convolution F: entry i is <F(e_i), x>.
-  import jax
-
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 1, 4, 2)).astype(np.float32)
   k = rng.standard_normal((4, 2, 1, 2)).astype(np.float32)
