@@ -8,7 +8,12 @@ medians over the rounds; each ratio is the median of the per-round ratios, with 
 in brackets (`jaxconv._timing.round_ratios`):
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch -e .
-    /tmp/torchvenv/bin/python bench/conv_transpose.py [--train] [--also col2im,subpixel]
+    /tmp/torchvenv/bin/python bench/conv_transpose.py [--train] [--also col2im,subpixel] [--gemm]
+
+``--gemm`` (forward only) also times the product `col2im` is built on, alone: the undilated input
+as a (N * H * W, C) matrix times a (C, k * k * O) one, in JAX and in PyTorch. Every transposed
+convolution that multiplies no inserted zero does those products, so the JAX GEMM's time is what a
+GEMM-based forward cannot go below, and PyTorch's whole transposed convolution is timed beside it.
 """
 
 from __future__ import annotations
@@ -46,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--also", default="", help="comma-separated algorithms timed forced, beside auto (col2im,...)"
   )
+  parser.add_argument(
+    "--gemm", action="store_true", help="also time col2im's GEMM alone (forward only)"
+  )
   host_memory.add_option(parser)
   args = parser.parse_args(argv)
+  if args.gemm and args.train:
+    parser.error("--gemm times the forward's GEMM: leave out --train")
   host_memory.apply_option(args)
   try:
     import torch
@@ -65,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
   args.also = [a for a in args.also.split(",") if a]
   header = ["layer", "torch ms", "lax ms", "jaxconv ms", "x lax", "x torch", "auto runs"]
   header += [f"{a} {unit}" for a in args.also for unit in ("ms", "x lax")]
+  if args.gemm:
+    header += ["GEMM ms", "torch GEMM ms"]
   print("  ".join(f"{h:>17}" for h in header))
   rng = np.random.default_rng(0)
   for layer in LAYERS:
@@ -119,6 +131,15 @@ def _row(layer, args, torch, rng) -> list[str]:
 
     assert tuple(run_torch().permute(0, 2, 3, 1).shape) == y_shape
     calls["torch"] = run_torch
+  if args.gemm:  # col2im's product alone: (N * H * W, C) @ (C, k * k * O)
+    a = rng.standard_normal((n * hw * hw, c)).astype(np.float32)
+    b = rng.standard_normal((c, k * k * o)).astype(np.float32)
+    aj, bj = jax.device_put(a), jax.device_put(b)
+    gemm = jax.jit(lambda p, q: jax.numpy.dot(p, q, precision=HIGHEST))
+    calls["gemm"] = lambda: jax.block_until_ready(gemm(aj, bj))
+    if torch is not None:
+      at, bt = torch.from_numpy(a), torch.from_numpy(b)
+      calls["torch gemm"] = lambda: torch.mm(at, bt)
   for call in calls.values():
     call()
   rounds = interleaved_call_rounds(calls, rounds=args.rounds, min_round_s=args.min_round_s)
@@ -129,6 +150,8 @@ def _row(layer, args, torch, rng) -> list[str]:
   row += [ratio_text(rounds["lax"], rounds["jaxconv"]), vs_torch, runs]
   for alg in args.also:
     row += [f"{t[alg] * 1e3:.2f}", ratio_text(rounds["lax"], rounds[alg])]
+  if args.gemm:
+    row += [f"{t[f] * 1e3:.2f}" if f in t else "-" for f in ("gemm", "torch gemm")]
   return row
 
 
