@@ -262,6 +262,27 @@ def test_memory_script(tmp_path):
   assert len(rows) == 2 and all(" GB |" in row for row in rows)
 
 
+def test_layer_costs_skips_one_class():
+  skipping = _bench_script("layer_costs")._skipping
+  dn = ("NHWC", "HWIO", "NHWC")
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
+
+  def run(conv, w, strides=(1, 1)):
+    return conv(x, w, strides, "SAME", dimension_numbers=dn)
+
+  skipped = skipping(lax.conv_general_dilated, 4)
+  np.testing.assert_array_equal(run(skipped, w), x)
+  # the skipped kernel still has a gradient (zero), so the step updates every parameter
+  np.testing.assert_array_equal(jax.grad(lambda w: run(skipped, w).sum())(w), np.zeros(w.shape))
+  # other widths, other strides and no class at all run the convolution
+  for conv, strides in [(skipped, (2, 2)), (skipping(lax.conv_general_dilated, 8), (1, 1))]:
+    np.testing.assert_array_equal(run(conv, w, strides), run(lax.conv_general_dilated, w, strides))
+  np.testing.assert_array_equal(
+    run(skipping(lax.conv_general_dilated, None), w), run(lax.conv_general_dilated, w)
+  )
+
+
 def test_winograd_stages_script(capsys):
   script = _bench_script("winograd_stages")
   args = ["--shapes", "tiny-wide", "--tiles", "2,4", "--rounds", "1", "--min-round-s", "0.001"]
