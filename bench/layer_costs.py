@@ -50,15 +50,12 @@ def _skipping(conv, width: int | None):
 
 def _step(backend: str, width: int | None):
   """`train_model`'s SGD-momentum step of the ResNet, with the `width` class skipped."""
-  loss, conv = train_model.MODELS["resnet"][1], _skipping(train_model.BACKENDS[backend][0], width)
+  resnet_loss = train_model.MODELS["resnet"][1]
 
-  def step(params, velocity, batch):
-    value, grads = jax.value_and_grad(loss)(params, batch, conv, None)
-    velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, grads)
-    params = jax.tree.map(lambda p, v: p - 0.01 * v, params, velocity)
-    return params, velocity, value
+  def loss(params, batch, conv, transpose):
+    return resnet_loss(params, batch, _skipping(conv, width), transpose)
 
-  return step
+  return train_model._step(loss, backend)
 
 
 def _torch_calls(params, batch) -> dict:
