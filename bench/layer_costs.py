@@ -37,11 +37,16 @@ WIDTHS = (32, 64, 128, 256)
 torch = train_model.torch
 
 
+def _in_class(width: int | None, hwio: tuple, stride: int) -> bool:
+  """Whether a convolution (kernel shape in HWIO order) is a stride-1 3x3 `width` -> `width` one."""
+  return width is not None and tuple(hwio) == (3, 3, width, width) and stride == 1
+
+
 def _skipping(conv, width: int | None):
-  """`conv` except for stride-1 3x3 `width` -> `width` convolutions, which return their input."""
+  """`conv` except for the `width` class (`_in_class`), whose convolutions return their input."""
 
   def skipped(x, w, strides, padding, **kwargs):
-    if width is not None and w.shape == (3, 3, width, width) and tuple(strides) == (1, 1):
+    if _in_class(width, w.shape, max(strides)):
       return x + 0 * jnp.sum(w)
     return conv(x, w, strides, padding, **kwargs)
 
@@ -63,8 +68,8 @@ def _torch_calls(params, batch) -> dict:
   conv, skip = train_model._torch_conv, {"width": None}
 
   def skipped(x, w, stride=1):
-    width = skip["width"]
-    if width is not None and tuple(w.shape) == (width, width, 3, 3) and stride == 1:
+    o, i, kh, kw = w.shape  # OIHW
+    if _in_class(skip["width"], (kh, kw, i, o), stride):
       return x + 0 * w.sum()
     return conv(x, w, stride)
 
