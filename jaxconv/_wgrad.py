@@ -62,9 +62,12 @@ from jaxconv._winograd import (
 __all__ = ["WGRAD", "kernel_gradient"]
 
 # Transformed input and output gradient are made and consumed in blocks of at most this many bytes.
-# Measured (ResNet-50 layers, batch 8, F(4,3), 2 cores): 56x56x64 ran 21.5 ms in one 29 MB piece,
-# 6.3-7.8 ms in blocks of 14 or 7 MB; 28x28x128 3.6 ms in one 14 MB piece, 3.0 ms in 3.6 MB blocks.
-BLOCK_BYTES = 8 << 20
+# Measured (ResNet-50 layers, batch 8, F(4,3), 2 cores, Intel Xeon, interleaved with lax): blocks of
+# up to 16 MB against 8 MB ran 56x56x64 in 13.0 against 15.7 ms (two blocks against four),
+# 28x28x128 6.2 against 6.8 ms and 14x14x256 5.7 against 6.9 ms (one block against two), with
+# host memory kept; 12.8 / 15.8, 7.5 / 8.5 and 5.1 / 6.1 ms without. 32 MB lost at 56x56x64
+# without kept memory (22.6 ms in one piece).
+BLOCK_BYTES = 16 << 20
 
 # `auto`'s model: the forward's three terms (`jaxconv._winograd`), with the rate of these GEMMs,
 # whose sum runs over all examples and tiles. Fitted to ResNet-50's stride-1 3x3 layers at batch 8

@@ -298,7 +298,7 @@ def test_input_features_innermost_kernels_as_left_operands(lhs_shape, rhs_shape,
   from jaxconv import _winograd
   from jaxconv._geometry import normalize
 
-  if u_block_bytes:  # the transformed kernel in blocks of output features
+  if u_block_bytes:  # the transformed kernel in blocks of positions
     monkeypatch.setattr(_winograd, "U_BLOCK_BYTES", u_block_bytes)
   rng = rng_for(f"features-minor{lhs_shape}")
   x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
@@ -308,6 +308,39 @@ def test_input_features_innermost_kernels_as_left_operands(lhs_shape, rhs_shape,
   assert _winograd._features_minor(g, (4,) * g.ndim)
   out = jax.jit(lambda x, w: _winograd.winograd(x, w, g, (4,) * g.ndim))(x, w)
   assert rel_err(out, lax.conv_general_dilated(x, w, **kw)) < 1e-5
+
+
+@pytest.mark.parametrize("form", ["rows", "channels"])
+@pytest.mark.parametrize(
+  "lhs_shape,rhs_shape,dn,tile",
+  [
+    ((2, 9, 10, 8), (3, 3, 8, 12), NHWC, 4),
+    ((2, 8, 11, 9), (12, 8, 3, 3), ("NCHW", "OIHW", "NCHW"), 2),
+    ((2, 12, 8), (5, 8, 6), ("NWC", "WIO", "NWC"), 4),
+    ((1, 6, 5, 7, 4), (3, 2, 3, 4, 4), ("NDHWC", "DHWIO", "NDHWC"), 2),
+  ],
+  ids=str,
+)
+def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, tile, form,
+                                                   monkeypatch):  # fmt: skip
+  # A transformed kernel over U_BLOCK_BYTES is made and multiplied a block of positions at a time
+  # (here one position per block), in both GEMM forms; the forward and both gradients agree.
+  from jaxconv import _winograd
+
+  monkeypatch.setattr(_winograd, "U_BLOCK_BYTES", 1 << 10)
+  monkeypatch.setattr(_winograd, "GEMM_FORM", form)
+  rng = rng_for(f"position-blocks{lhs_shape}{form}")
+  x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
+  kw = dict(window_strides=(1,) * (x.ndim - 2), padding="SAME", dimension_numbers=dn,
+            precision=HIGHEST)  # fmt: skip
+  ours = lambda x, w: jaxconv.conv_general_dilated(x, w, **kw, algorithm=f"winograd{tile}")
+  theirs = lambda x, w: lax.conv_general_dilated(x, w, **kw)
+  y, vjp = jax.vjp(jax.jit(ours), x, w)
+  y_ref, vjp_ref = jax.vjp(theirs, x, w)
+  ct = random_array(rng, y_ref.shape, np.float32)
+  assert rel_err(y, y_ref) < 1e-5
+  for got, want in zip(vjp(ct), vjp_ref(ct)):
+    assert rel_err(got, want) < 1e-5
 
 
 def test_blocks_at_the_real_thresholds_read_and_write_in_place():
