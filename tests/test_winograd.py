@@ -322,17 +322,24 @@ def test_input_features_innermost_kernels_as_left_operands(lhs_shape, rhs_shape,
   ids=str,
 )
 def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, tile, form,
-                                                   monkeypatch):  # fmt: skip
+                                                   monkeypatch, request):  # fmt: skip
   # A transformed kernel over U_BLOCK_BYTES is made and multiplied a block of positions at a time
   # (here one position per block), in both GEMM forms; the forward and both gradients agree.
-  from jaxconv import _winograd
+  from jaxconv import _api, _winograd
+  from jaxconv._geometry import normalize
 
   monkeypatch.setattr(_winograd, "U_BLOCK_BYTES", 1 << 10)
   monkeypatch.setattr(_winograd, "GEMM_FORM", form)
+  _api._run.clear_cache()  # traced afresh with the small budget; none of it kept afterwards
+  request.addfinalizer(_api._run.clear_cache)
   rng = rng_for(f"position-blocks{lhs_shape}{form}")
   x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
   kw = dict(window_strides=(1,) * (x.ndim - 2), padding="SAME", dimension_numbers=dn,
             precision=HIGHEST)  # fmt: skip
+  g = normalize(x, w, **kw)
+  tiles = (tile,) * g.ndim
+  jaxpr = str(jax.make_jaxpr(lambda x, w: _winograd.winograd(x, w, g, tiles))(x, w))
+  assert "scan" in jaxpr or "while" in jaxpr  # the loop over blocks (fori_loop)
   ours = lambda x, w: jaxconv.conv_general_dilated(x, w, **kw, algorithm=f"winograd{tile}")
   theirs = lambda x, w: lax.conv_general_dilated(x, w, **kw)
   y, vjp = jax.vjp(jax.jit(ours), x, w)
