@@ -78,7 +78,8 @@ CHUNK_BYTES = 16 << 20
 # 10x); F(4,3) 3.7x unblocked is within its bound (5x) and keeps the faster single GEMM.
 SUM_BLOCK = 128
 # A transformed kernel above this size is made and used a block of transformed positions at a
-# time, each block's GEMMs over all output features. Measured (ResNet-50's 7x7x512 layer, batch 8,
+# time, each block's GEMMs over all output features, so the working set stays small (a large fresh
+# buffer costs a page fault per 4 KiB on CPU). Measured (ResNet-50's 7x7x512 layer, batch 8,
 # F(4,3), a 37.7 MB transformed kernel, Intel Xeon): four blocks of 9 positions ran 1.51x lax with
 # host memory kept and 1.83x without, against 1.02x and 1.35x for four blocks of 128 output
 # features (whose GEMMs are too narrow to keep both cores busy) and 1.38x and 0.76x in one piece.
@@ -333,9 +334,7 @@ def _tiles(
     return y.reshape(n_b, n_ex * n_tiles, -1)
 
   gk = jnp.asarray(gk, w.dtype)
-  # A transformed kernel larger than U_BLOCK_BYTES is made and used a block of positions at a
-  # time, so the working set stays small (a large fresh buffer costs a page fault per 4 KiB on
-  # CPU); every block's GEMMs keep all output features (see U_BLOCK_BYTES).
+  # A transformed kernel larger than U_BLOCK_BYTES is made and used a block of positions at a time.
   out_g = w.shape[nd] if features_minor else w.shape[-1]
   n_pb = _position_blocks(n_pos * cin_g * out_g * w.dtype.itemsize, n_pos)
   # Not with blocked sums: inside the loop XLA sums them less accurately (F(6,3) at C = 512: 11.4x
