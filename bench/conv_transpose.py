@@ -30,6 +30,7 @@ import numpy as np
 import jaxconv
 from jaxconv import _host_memory as host_memory
 from jaxconv import _tune
+from jaxconv._cache import available_cores
 from jaxconv._timing import interleaved_call_rounds, ratio_text
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(available_cores())
   except ImportError:
     torch = None
   print(

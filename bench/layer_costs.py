@@ -31,6 +31,7 @@ import train_model
 
 import jaxconv
 from jaxconv import _host_memory as host_memory
+from jaxconv._cache import available_cores
 from jaxconv._timing import interleaved_call_rounds
 
 WIDTHS = (32, 64, 128, 256)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
       run = jax.jit(step).lower(params, velocity, batch).compile()
       calls[(width, backend)] = lambda run=run: jax.block_until_ready(run(params, velocity, batch))
   if torch is not None:
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(available_cores())
     calls.update(_torch_calls(params, batch))
   for call in calls.values():
     call()

@@ -33,6 +33,7 @@ import numpy as np
 import jaxconv
 from jaxconv import _bench
 from jaxconv import _host_memory as host_memory
+from jaxconv._cache import available_cores
 from jaxconv._shapes import select
 from jaxconv._timing import interleaved_call_rounds, ratio_text
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
   except ImportError:
     print("PyTorch is not installed in this environment (see the module docstring)")
     return 0
-  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  threads = available_cores()
   torch.set_num_threads(threads)
   print(
     f"torch {torch.__version__} ({threads} threads), jax {jax.__version__}, jaxconv "

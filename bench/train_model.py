@@ -58,6 +58,7 @@ from jax import lax
 
 import jaxconv
 from jaxconv import _host_memory as host_memory
+from jaxconv._cache import available_cores
 from jaxconv._timing import interleaved_call_rounds, interleaved_rounds, ratio_text
 
 try:
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
       "losses (lax | jaxconv)"
     )
   else:
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = available_cores()
     torch.set_num_threads(threads)
     where = f"{threads} threads"
     if _torch_device() == "cuda":

@@ -44,6 +44,7 @@ from jax import lax
 
 import jaxconv
 from jaxconv import _host_memory as host_memory
+from jaxconv._cache import available_cores
 from jaxconv._registry import REGISTRY
 from jaxconv._shapes import Shape, select
 from jaxconv._timing import interleaved_rounds, round_ratios
@@ -258,7 +259,7 @@ def machine_info() -> dict:
     ['backend', 'cpu_cores', 'cpu_cores_available']
   """
   dev = jax.devices()[0]
-  avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  avail = available_cores()
   return {
     "backend": jax.default_backend(),
     "cpu_cores": os.cpu_count(),

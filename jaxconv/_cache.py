@@ -42,7 +42,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: atomic replace, but no lock between processes
   fcntl = None
 
-__all__ = ["TuneCacheInfo", "cache_dir", "clear", "device_key", "files", "store"]
+__all__ = ["TuneCacheInfo", "available_cores", "cache_dir", "clear", "device_key", "files", "store"]
 
 SCHEMA = 1
 _NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{16}\.json$")
@@ -58,7 +58,8 @@ def cache_dir() -> Path:
   return Path(base) / "jaxconv"
 
 
-def _threads() -> int:
+def available_cores() -> int:
+  """The CPU cores this process may run on (its affinity; all of them where that is unknown)."""
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # pragma: no cover - not Linux
@@ -108,7 +109,7 @@ def device_key(backend: str, device_kind: str) -> dict:
     "jaxlib": jaxlib.__version__,
     "backend": backend,
     "device_kind": device_kind,
-    "cpu_threads": _threads(),
+    "cpu_threads": available_cores(),
     "xla_flags": _measured_flags(),
     "host_memory": host_memory.state(),
   }
