@@ -262,11 +262,11 @@ def _tiles(
   """
   nd = len(out)
   ms, mats, tiles = _plan(out, ms, w.shape[:nd])
+  gk = kernel_matrix(mats)
+  if flipped:
+    mats, gk = _reversed_taps(mats, gk)
   v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
   n_ex = x.shape[0]
-  gk = kernel_matrix(mats)
-  if flipped:  # every axis reversed is the row-major tap order reversed: G's columns reversed
-    gk = gk[:, ::-1]
   n_pos, taps = gk.shape
   n_tiles = math.prod(tiles)
   bgc, fgc = g.batch_group_count, g.feature_group_count
@@ -354,6 +354,40 @@ def _tiles(
   if features_minor:
     prod = jnp.swapaxes(prod, 1, 2)
   return transform_output(prod.reshape(n_pos, n_ex, *tiles, g.out_features), ms, mats, out)
+
+
+def _reversal(gm: np.ndarray) -> np.ndarray | None:
+  """``perm`` with ``G J = G[perm]`` (``J`` reverses the taps), or None when there is none.
+
+  Row ``i`` of ``G`` evaluates the kernel polynomial at point ``a_i``; the reversed kernel's
+  polynomial is ``t^(r-1) g(1/t)``, so where the points are closed under ``a -> 1/a`` (0 and
+  infinity swap) and the rows' scales match, reversing the taps permutes the rows.
+  """
+  rows = {tuple(row): i for i, row in enumerate(gm)}
+  perm = [rows.get(tuple(row)) for row in gm[:, ::-1]]
+  if None in perm or sorted(perm) != list(range(len(perm))):
+    return None
+  return np.asarray(perm)
+
+
+def _reversed_taps(
+  mats: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], gk: np.ndarray
+) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray]:
+  """The transforms and kernel matrix for a kernel given with its taps reversed on every axis.
+
+  Reversing every axis reverses the row-major tap order, so ``G``'s columns can be reversed.
+  Where the points are closed under inversion (`_reversal`: the default points are), the
+  reversed kernel's transform is the kernel's own with its positions permuted, ``G J g =
+  P G g``, and ``AT [(P u) * (BT d)] = (AT P) [u * (P^T BT d)]``: the input and output
+  transforms take the permutation instead, at no cost, and the transformed kernel is the one a
+  forward pass makes of the same kernel. A training step's forward and input gradient then
+  compute one identical product of ``G`` and the kernel, which XLA computes once.
+  """
+  perms = [_reversal(gm) for _, gm, _ in mats]
+  if any(p is None for p in perms):
+    return list(mats), gk[:, ::-1]
+  inv = [np.argsort(p) for p in perms]
+  return [(at[:, q], gm, bt[q]) for (at, gm, bt), q in zip(mats, inv)], gk
 
 
 def transform_output(
@@ -446,7 +480,7 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
   out = g.out_spatial
   axes = [_phases(k, o, s, d) for k, o, s, d in zip(g.kernel, out, g.strides, g.rhs_dilation)]
   # A reversed kernel (`ConvGeometry.reversed_kernel`) of a one-phase problem is reversed once
-  # more, which XLA cancels, and the kernel transform reads its taps in reverse order.
+  # more, which XLA cancels, and the transforms account for the reversal (`_reversed_taps`).
   flipped = g.reversed_kernel and all(len(a) == 1 for a in axes)
   rhs_spec = g.dimension_numbers.rhs_spec
   if flipped:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -348,6 +350,67 @@ def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, til
   assert rel_err(y, y_ref) < 1e-5
   for got, want in zip(vjp(ct), vjp_ref(ct)):
     assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("m,r", [(2, 3), (4, 3), (6, 3), (2, 5), (4, 5), (2, 7)])
+def test_reversed_taps_permute_the_points(m, r):
+  # The default points are closed under a -> 1/a, so a reversed kernel's transform is the kernel's
+  # own with its positions permuted, and the permuted input and output transforms compute the
+  # correlation with the reversed kernel.
+  from jaxconv import _winograd
+
+  mats = [_winograd._matrices(m, r)]
+  gk = _winograd.kernel_matrix(mats)
+  perm = _winograd._reversal(gk)
+  assert perm is not None and np.array_equal(gk[:, ::-1], gk[perm])
+  [(at, gm, bt)], gk2 = _winograd._reversed_taps(mats, gk)
+  assert gk2 is gk
+  rng = np.random.default_rng(m * 10 + r)
+  d, k = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+  want = np.correlate(d, k[::-1], mode="valid")
+  np.testing.assert_allclose(at @ ((gm @ k) * (bt @ d)), want, rtol=1e-9, atol=1e-9)
+
+
+def test_reversed_taps_without_symmetric_points_reverse_the_kernel_matrix():
+  # Points not closed under inversion (2 without 1/2): G's columns are reversed instead.
+  from jaxconv import _winograd
+  from jaxconv._transforms import winograd_matrices
+
+  mats = [winograd_matrices(4, 3, [0, 1, -1, 2, -2])]
+  gk = _winograd.kernel_matrix(mats)
+  assert _winograd._reversal(gk) is None
+  got_mats, got_gk = _winograd._reversed_taps(mats, gk)
+  assert np.array_equal(got_gk, gk[:, ::-1]) and got_mats[0][2] is mats[0][2]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_forward_and_input_gradient_transform_the_kernel_once(tile):
+  # A forward and the input gradient of the same HWIO kernel (its taps reversed, features
+  # swapped) make one identical transformed kernel, which XLA computes once for both.
+  from jaxconv import _winograd
+  from jaxconv._geometry import normalize
+
+  rng = rng_for(f"kernel-once{tile}")
+  x, ct = random_array(rng, (2, 9, 9, 16), np.float32), random_array(rng, (2, 9, 9, 8), np.float32)
+  w = random_array(rng, (3, 3, 16, 8), np.float32)
+  kw = dict(window_strides=(1, 1), padding="SAME", precision=HIGHEST)
+  g = normalize(x, w, dimension_numbers=NHWC, **kw)
+  dn_t = ("NHWC", "HWOI", "NHWC")  # the input gradient's view of the same kernel
+  g_t = dataclasses.replace(normalize(ct, w, dimension_numbers=dn_t, **kw), reversed_kernel=True)
+  tiles = (tile, tile)
+  both = jax.jit(
+    lambda x, ct, w: (
+      _winograd.winograd(x, w, g, tiles),
+      _winograd.winograd(ct, lax.rev(w, (0, 1)), g_t, tiles),
+    )
+  )
+  hlo = both.lower(x, ct, w).compile().as_text()
+  n_pos = (tile + 2) ** 2
+  assert len(re.findall(rf"= f32\[{n_pos},{16 * 8}\]\S* dot\(", hlo)) == 1
+  y, dx = both(x, ct, w)
+  assert rel_err(y, lax.conv_general_dilated(x, w, dimension_numbers=NHWC, **kw)) < 1e-5
+  want = lax.conv_general_dilated(ct, lax.rev(w, (0, 1)), dimension_numbers=dn_t, **kw)
+  assert rel_err(dx, want) < 1e-5
 
 
 def test_blocks_at_the_real_thresholds_read_and_write_in_place():
