@@ -18,7 +18,8 @@ the same strided views the forward's input transform uses.
 Strided and dilated layers split as the forward does (`jaxconv._winograd`): the kernel gradient of
 a stride-s axis is the phases' gradients ``dg[p::s]``, each the gradient of a stride-1 problem on
 ``x[p::s]``; a dilated kernel's gradient sums its sub-grids' gradients. The transformed input is
-recomputed from the layer's input, not kept from the forward pass (see docs/memory.md).
+recomputed from the layer's input, not kept from the forward pass (see docs/memory.md). A large
+``dU`` is made a block of rows of positions at a time, each adding ``GT[:, block] dU[block]``.
 
 As a registry algorithm it takes the kernel-gradient geometry that `jaxconv._autodiff` states
 (input and output gradient as lhs and rhs, the kernel as the result) and rebuilds the forward layer
@@ -54,6 +55,7 @@ from jaxconv._winograd import (
   _kernel_exceeds_output,
   _phases,
   _plan,
+  _position_blocks,
   kernel_matrix,
   transform_input,
   work_dtype,
@@ -221,6 +223,7 @@ def _stride1(
   n_pos = math.prod(m + r - 1 for m, r in zip(ms, rs))
   itemsize = np.dtype(x.dtype).itemsize
   nbytes = n_pos * x.shape[0] * math.prod(tiles) * (x.shape[1] * x.shape[-1] + dy.shape[-1])
+  nbytes //= _row_blocks(ms, rs, g.group_in_features, dy.shape[-1], itemsize)
   blocks = min(tiles[0], -(-nbytes * itemsize // BLOCK_BYTES))
   if blocks <= 1:
     return _tiles(x, dy, rs, ms, g)
@@ -241,6 +244,12 @@ def _stride1(
   return lax.fori_loop(0, blocks, body, jnp.zeros(part.shape, part.dtype))
 
 
+def _row_blocks(ms: Sequence[int], rs: Sequence[int], cin: int, cout: int, itemsize: int) -> int:
+  """How many blocks of first-axis positions `_tiles` makes the transformed gradient in."""
+  ns = [m + r - 1 if r > 1 else 1 for m, r in zip(ms, rs)]
+  return _position_blocks(math.prod(ns) * cin * cout * itemsize, ns[0])
+
+
 def _tiles(x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry):
   """Kernel gradient of a VALID stride-1 Winograd problem (`jaxconv._winograd._tiles`).
 
@@ -256,36 +265,68 @@ def _tiles(x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g:
   """
   out = dy.shape[1:-1]
   ms, mats, tiles = _plan(out, ms, rs)
-  v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
-  # dM = A dY AT, one axis at a time: row a of A^T's transpose weighs output i of every tile,
-  # the strided view dy[i::m] of the gradient padded to whole tiles.
-  t = jnp.pad(dy, [(0, 0)] + [(0, k * m - o) for k, m, o in zip(tiles, ms, out)] + [(0, 0)])
-  for d, (m, k, (at, _, _)) in enumerate(zip(ms, tiles, mats)):
-    axis = 2 * d + 1
-    views = [lax.slice_in_dim(t, i, i + (k - 1) * m + 1, m, axis=axis) for i in range(m)]
-    t = _combine(at.T, views, axis=d)
+  # The output gradient padded to whole tiles; row a of A^T's transpose weighs output i of every
+  # tile, the strided view dy[i::m].
+  dy = jnp.pad(dy, [(0, 0)] + [(0, k * m - o) for k, m, o in zip(tiles, ms, out)] + [(0, 0)])
   gk = kernel_matrix(mats)
   n_pos = gk.shape[0]
   n_ex, n_tiles = x.shape[0], math.prod(tiles)
   fgc, bgc, cin = g.feature_group_count, g.batch_group_count, g.group_in_features
-  if fgc == 1 and bgc == 1:  # dU[xi] = V[xi]^T dM[xi], examples and tiles summed
-    du = lax.dot_general(
-      v.reshape(n_pos, n_ex * n_tiles, cin),
-      t.reshape(n_pos, n_ex * n_tiles, -1),
-      (((1,), (1,)), ((0,), (0,))),
-      precision=g.precision,
-      preferred_element_type=g.preferred_element_type,
-    )
+
+  def stages(mats_b, gkb: np.ndarray, x: jax.Array, dy: jax.Array) -> jax.Array:
+    # The kernel gradient's share of the positions that the rows of `gkb` name.
+    v = transform_input(x, ms, mats_b, tiles, g)  # (positions, E, B, *tiles, C)
+    t = dy  # dM = A dY AT, one axis at a time
+    for d, (m, k, (at, _, _)) in enumerate(zip(ms, tiles, mats_b)):
+      axis = 2 * d + 1
+      views = [lax.slice_in_dim(t, i, i + (k - 1) * m + 1, m, axis=axis) for i in range(m)]
+      t = _combine(at.T, views, axis=d)
+    n_b = gkb.shape[0]
+    if fgc == 1 and bgc == 1:  # dU[xi] = V[xi]^T dM[xi], examples and tiles summed
+      du = lax.dot_general(
+        v.reshape(n_b, n_ex * n_tiles, cin),
+        t.reshape(n_b, n_ex * n_tiles, -1),
+        (((1,), (1,)), ((0,), (0,))),
+        precision=g.precision,
+        preferred_element_type=g.preferred_element_type,
+      )
+    else:
+      du = jnp.einsum(
+        "nebtgc,netgbo->ncgbo",
+        v.reshape(n_b, n_ex, bgc, n_tiles, fgc, cin),
+        t.reshape(n_b, n_ex, n_tiles, fgc, bgc, -1),
+        precision=g.precision,
+        preferred_element_type=g.preferred_element_type,
+      )
+    # dg = GT dU G: the transpose of the forward's kernel transform, one small GEMM.
+    gt = jnp.asarray(gkb.T, du.dtype)
+    return jnp.dot(gt, du.reshape(n_b, -1), precision=lax.Precision.HIGHEST)
+
+  # A transformed kernel gradient larger than U_BLOCK_BYTES is made a block of whole rows of
+  # positions (along the first axis) at a time, as the forward makes its transformed kernel
+  # (`jaxconv._winograd._tiles`): each block transforms its input rows and its output-gradient
+  # rows and adds its share ``GT[:, block] dU[block]`` to the gradient.
+  n_rows = mats[0][2].shape[0]
+  n_pb = _row_blocks(ms, rs, cin, dy.shape[-1], np.dtype(dy.dtype).itemsize)
+  if n_pb == 1:
+    dg = stages(mats, gk, x, dy)
   else:
-    du = jnp.einsum(
-      "nebtgc,netgbo->ncgbo",
-      v.reshape(n_pos, n_ex, bgc, n_tiles, fgc, cin),
-      t.reshape(n_pos, n_ex, n_tiles, fgc, bgc, -1),
-      precision=g.precision,
-      preferred_element_type=g.preferred_element_type,
+    (at0, gm0, bt0), per = mats[0], n_rows // n_pb
+    span = n_pos // n_rows * per  # positions per block
+
+    def branch(b: int):
+      rows = slice(b * per, (b + 1) * per)
+      mats_b = [(at0[:, rows], gm0, bt0[rows]), *mats[1:]]
+      return lambda x, dy: stages(mats_b, gk[b * span : (b + 1) * span], x, dy)
+
+    branches = [branch(b) for b in range(n_pb)]
+    part = jax.eval_shape(branches[0], x, dy)
+    dg = lax.fori_loop(
+      0,
+      n_pb,
+      lambda b, acc: acc + lax.switch(b, branches, x, dy),
+      jnp.zeros(part.shape, part.dtype),
     )
-  # dg = GT dU G: the transpose of the forward's kernel transform, one small GEMM.
-  dg = jnp.dot(jnp.asarray(gk.T, du.dtype), du.reshape(n_pos, -1), precision=lax.Precision.HIGHEST)
   return dg.reshape(*rs, cin, fgc, bgc, -1)
 
 
@@ -334,8 +375,10 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
     return dw
 
   # Examples are summed in equal blocks whose transformed data stays within BLOCK_BYTES (one
-  # example at a time, in blocks of tile rows, when a single one exceeds it).
-  n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt)
+  # example at a time, in blocks of tile rows, when a single one exceeds it); a block of
+  # positions (`_tiles`) holds its share of the data.
+  share = _row_blocks(m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize)
+  n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt) // share
   blocks = next(
     k
     for k in range(1, n_ex + 1)

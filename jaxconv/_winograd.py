@@ -28,7 +28,8 @@ all the block's tiles as rows):
    CPU a gather moves data several times slower than these fused slices). Transform them with
    ``BT`` (sums with constant coefficients), transform the kernel with ``G`` (one small GEMM),
    run the ``n^2`` GEMMs over channels, transform back with ``AT``, interleave the ``m x m``
-   outputs of each tile and crop to the exact output.
+   outputs of each tile and crop to the exact output. A large transformed kernel is made in
+   blocks of rows of positions, ``Y = sum_i AT[:, i] (M[i] A)`` (see `U_BLOCK_BYTES`).
 
 Axes whose (phase) kernel has size 1 need no transform and use ``m = 1``-wide tiles of their own.
 
@@ -83,6 +84,10 @@ SUM_BLOCK = 128
 # F(4,3), a 37.7 MB transformed kernel, Intel Xeon): four blocks of 9 positions ran 1.51x lax with
 # host memory kept and 1.83x without, against 1.02x and 1.35x for four blocks of 128 output
 # features (whose GEMMs are too narrow to keep both cores busy) and 1.38x and 0.76x in one piece.
+# The blocks are whole rows of positions, each transforming its own input rows and adding its
+# share of the output (`_tiles`): that layer's training step at batch 32 kept 75.6 MB of XLA
+# temporaries against 94.4 MB for blocks that shared a whole transformed input and product, at
+# the same speed (docs/memory.md). The kernel gradient's transformed product takes the same budget.
 U_BLOCK_BYTES = 12 << 20
 BLOCKED_SUM_TILES = (2, 6)
 
@@ -215,22 +220,23 @@ def transform_input(
 
   Args:
     x: (E, B, *L, C) input, at least ``tiles * m + r - 1`` long per axis (longer is cropped).
+    mats: the transforms per axis; a ``BT`` may hold some of its rows only (those positions).
 
   Returns:
-    (n^d, E, B, *tiles, C).
+    (positions, E, B, *tiles, C), the positions of every axis' ``BT`` rows, row-major.
   """
   nd = len(ms)
   ns = [bt.shape[0] for _, _, bt in mats]
-  need = [t * m + n - m for t, m, n in zip(tiles, ms, ns)]
+  need = [t * m + bt.shape[1] - m for t, m, (_, _, bt) in zip(tiles, ms, mats)]
   # Pad the end (or crop) to a whole number of tiles.
   x = x[(slice(None), slice(None), *(slice(0, n) for n in need))]
   x = jnp.pad(x, [(0, 0)] * 2 + [(0, n - s) for n, s in zip(need, x.shape[2:])] + [(0, 0)])
   # One axis at a time. Along axis d, position i of every tile is the strided view x[i::m]
   # (static offsets, fused into the sums: the tiles are never gathered).
   v = x  # (n_0..n_{d-1}, E, B, T_0..T_{d-1}, L_d.., C) after axis d-1
-  for d, (m, t, n, (_, _, bt)) in enumerate(zip(ms, tiles, ns, mats)):
+  for d, (m, t, (_, _, bt)) in enumerate(zip(ms, tiles, mats)):
     axis = 2 * d + 2
-    views = [lax.slice_in_dim(v, i, i + (t - 1) * m + 1, m, axis=axis) for i in range(n)]
+    views = [lax.slice_in_dim(v, i, i + (t - 1) * m + 1, m, axis=axis) for i in range(bt.shape[1])]
     v = _combine(bt, views, axis=d)
   chex.assert_shape(v, (*ns, x.shape[0], g.batch_group_count, *tiles, g.in_features))
   return v.reshape(math.prod(ns), *v.shape[nd:])
@@ -265,7 +271,6 @@ def _tiles(
   gk = kernel_matrix(mats)
   if flipped:
     mats, gk = _reversed_taps(mats, gk)
-  v = transform_input(x, ms, mats, tiles, g)  # (n^d, E, B, *tiles, C)
   n_ex = x.shape[0]
   n_pos, taps = gk.shape
   n_tiles = math.prod(tiles)
@@ -282,30 +287,42 @@ def _tiles(
   # contracting dimension is its last): see `_channels_major`.
   major = ungrouped and _channels_major(n_rows, cin_g, w.shape[-1], blocked, GEMM_FORM)
   if features_minor:
-    rows, major = v.reshape(n_pos, n_rows, cin_g), False
-  elif ungrouped and major:  # (n^d, C, rows): the channel axis before the rows
-    rows = jnp.swapaxes(v.reshape(n_pos, n_rows, cin_g), 1, 2)
-  elif ungrouped:
-    rows = v.reshape(n_pos, n_rows, cin_g)
-  else:  # (n^d, E, B, *tiles, C), split by groups in the GEMMs' einsum
-    rows = v
+    major = False
 
-  def multiply(gkb: jax.Array, rowsb: jax.Array) -> jax.Array:
+  def multiply(gkb: np.ndarray, v: jax.Array, w: jax.Array) -> jax.Array:
     # Kernel transform G w G^T for the positions in `gkb` (one small GEMM with the Kronecker
-    # product over the axes), then their GEMMs. -> (positions, E * tiles, G * B * O').
+    # product over the axes), then their GEMMs with the transformed input `v` of the same
+    # positions. -> (positions, E * tiles, G * B * O').
     n_b = gkb.shape[0]
-    u = jnp.dot(gkb, w.reshape(taps, -1), precision=lax.Precision.HIGHEST)
+    u = jnp.dot(jnp.asarray(gkb, w.dtype), w.reshape(taps, -1), precision=lax.Precision.HIGHEST)
     u = u.reshape(n_b, *w.shape[nd:])
     if features_minor:  # (n^d, O, C) x (n^d, rows, C) -> (n^d, O, rows)
-      return lax.dot_general(
-        u, rowsb, (((2,), (2,)), ((0,), (0,))), precision=g.precision, preferred_element_type=acc
+      prod = lax.dot_general(
+        u,
+        v.reshape(n_b, n_rows, cin_g),
+        (((2,), (2,)), ((0,), (0,))),
+        precision=g.precision,
+        preferred_element_type=acc,
       )
-    if ungrouped and blocked:
+      return jnp.swapaxes(prod, 1, 2)
+    if not ungrouped:  # (n^d, E, B, *tiles, C), split by groups in the einsum
+      y = jnp.einsum(
+        "nebtgc,ncgbo->netgbo",
+        v.reshape(n_b, n_ex, bgc, n_tiles, fgc, cin_g),
+        u,
+        precision=g.precision,
+        preferred_element_type=acc,
+      )
+      return y.reshape(n_b, n_ex * n_tiles, -1)
+    rows = v.reshape(n_b, n_rows, cin_g)
+    if major:  # (n^d, C, rows): the channel axis before the rows
+      rows = jnp.swapaxes(rows, 1, 2)
+    if blocked:
       nb = cin_g // SUM_BLOCK
       if major:  # (n^d, nb, block, rows) x (n^d, nb, block, O)
-        lhs, dims = rowsb.reshape(n_b, nb, SUM_BLOCK, n_rows), (((2,), (2,)), ((0, 1), (0, 1)))
+        lhs, dims = rows.reshape(n_b, nb, SUM_BLOCK, n_rows), (((2,), (2,)), ((0, 1), (0, 1)))
       else:
-        lhs, dims = rowsb.reshape(n_b, n_rows, nb, SUM_BLOCK), (((3,), (2,)), ((0, 2), (0, 1)))
+        lhs, dims = rows.reshape(n_b, n_rows, nb, SUM_BLOCK), (((3,), (2,)), ((0, 2), (0, 1)))
       part = lax.dot_general(
         lhs,
         u.reshape(n_b, nb, SUM_BLOCK, -1),
@@ -316,44 +333,47 @@ def _tiles(
       # XLA:CPU fuses this sum into YNNPACK's dot (an optimization barrier here is expanded
       # before fusion: the compiled programs were identical with and without one).
       return part.sum(axis=1)
-    if ungrouped:
-      return lax.dot_general(
-        rowsb,
-        u.reshape(n_b, cin_g, -1),
-        (((1 if major else 2,), (1,)), ((0,), (0,))),
-        precision=g.precision,
-        preferred_element_type=acc,
-      )
-    y = jnp.einsum(
-      "nebtgc,ncgbo->netgbo",
-      rowsb.reshape(n_b, n_ex, bgc, n_tiles, fgc, cin_g),
-      u,
+    return lax.dot_general(
+      rows,
+      u.reshape(n_b, cin_g, -1),
+      (((1 if major else 2,), (1,)), ((0,), (0,))),
       precision=g.precision,
       preferred_element_type=acc,
     )
-    return y.reshape(n_b, n_ex * n_tiles, -1)
 
-  gk = jnp.asarray(gk, w.dtype)
+  def stages(mats_b, gkb: np.ndarray, x: jax.Array, w: jax.Array) -> jax.Array:
+    v = transform_input(x, ms, mats_b, tiles, g)  # (positions, E, B, *tiles, C)
+    prod = multiply(gkb, v, w).reshape(gkb.shape[0], n_ex, *tiles, g.out_features)
+    return _output_tiles(prod, mats_b)
+
   # A transformed kernel larger than U_BLOCK_BYTES is made and used a block of positions at a time.
   out_g = w.shape[nd] if features_minor else w.shape[-1]
-  n_pb = _position_blocks(n_pos * cin_g * out_g * w.dtype.itemsize, n_pos)
-  # Not with blocked sums: inside the loop XLA sums them less accurately (F(6,3) at C = 512: 11.4x
+  n_pb = _position_blocks(n_pos * cin_g * out_g * w.dtype.itemsize, mats[0][2].shape[0])
+  # Not with blocked sums: split, XLA sums them less accurately (F(6,3) at C = 512: 11.4x
   # direct convolution's error, against 9.0x in one piece).
-  if n_pb == 1 or bgc > 1 or fgc > 1 or blocked:
-    prod = multiply(gk, rows)
-  else:  # in place: each block transforms its positions' kernels and writes their products
-    size = n_pos // n_pb
+  if n_pb == 1 or not ungrouped or blocked:
+    return _interleave_tiles(stages(mats, gk, x, w), ms, out)
+  # Blocks of whole rows of positions along the first axis. The output transform is linear in
+  # the positions, ``Y = sum_i AT[:, i] (M[i] A)``, so each block transforms its input rows
+  # (rows of BT), its kernels (rows of G) and its products (columns of AT) and adds its share
+  # of the output tiles: neither the transformed input nor the products exist whole. A loop
+  # runs the blocks one after another (a branch per block keeps the transforms' coefficients
+  # constants), so XLA can neither hold the blocks' transformed kernels side by side nor hoist a
+  # block's transformed input out of it.
+  (at0, gm0, bt0), per = mats[0], mats[0][2].shape[0] // n_pb
+  span = n_pos // mats[0][2].shape[0] * per  # positions per block
 
-    def block(i: jax.Array, done: jax.Array) -> jax.Array:
-      gkb = lax.dynamic_slice_in_dim(gk, i * size, size)
-      part = multiply(gkb, lax.dynamic_slice_in_dim(rows, i * size, size))
-      return lax.dynamic_update_slice_in_dim(done, part, i * size, 0)
+  def branch(b: int):
+    rows = slice(b * per, (b + 1) * per)
+    mats_b = [(at0[:, rows], gm0, bt0[rows]), *mats[1:]]
+    return lambda x, w: stages(mats_b, gk[b * span : (b + 1) * span], x, w)
 
-    part = jax.eval_shape(multiply, gk, rows)
-    prod = lax.fori_loop(0, n_pb, block, jnp.zeros(part.shape, part.dtype))
-  if features_minor:
-    prod = jnp.swapaxes(prod, 1, 2)
-  return transform_output(prod.reshape(n_pos, n_ex, *tiles, g.out_features), ms, mats, out)
+  branches = [branch(b) for b in range(n_pb)]
+  part = jax.eval_shape(branches[0], x, w)
+  y = lax.fori_loop(
+    0, n_pb, lambda b, y: y + lax.switch(b, branches, x, w), jnp.zeros(part.shape, part.dtype)
+  )
+  return _interleave_tiles(y, ms, out)
 
 
 def _reversal(gm: np.ndarray) -> np.ndarray | None:
@@ -390,6 +410,34 @@ def _reversed_taps(
   return [(at[:, q], gm, bt[q]) for (at, gm, bt), q in zip(mats, inv)], gk
 
 
+def _output_tiles(
+  prod: jax.Array, mats: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> jax.Array:
+  """The output tiles ``AT M A`` of the products `prod`, one axis at a time.
+
+  Args:
+    prod: (positions, E, *tiles, O) products of the multiplication stage (see `_plan`), for the
+      positions that the columns of every ``AT`` in `mats` name.
+
+  Returns:
+    (*m, E, *tiles, O).
+  """
+  ns = [at.shape[1] for at, _, _ in mats]
+  y = prod.reshape(*ns, *prod.shape[1:])
+  for d, (at, _, _) in enumerate(mats):
+    y = _combine(at, [lax.index_in_dim(y, a, d, keepdims=False) for a in range(ns[d])], axis=d)
+  return y
+
+
+def _interleave_tiles(y: jax.Array, ms: Sequence[int], out: Sequence[int]) -> jax.Array:
+  """The ``m^d`` outputs of every tile, (*m, E, *tiles, O), interleaved and cropped to `out`."""
+  nd = len(ms)
+  n_ex, tiles, features = y.shape[nd], y.shape[nd + 1 : -1], y.shape[-1]
+  perm = [nd] + [p for d in range(nd) for p in (nd + 1 + d, d)] + [2 * nd + 1]
+  y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), features)
+  return y[(slice(None), *(slice(0, o) for o in out))]
+
+
 def transform_output(
   prod: jax.Array,
   ms: Sequence[int],
@@ -404,16 +452,7 @@ def transform_output(
   Returns:
     (E, *out, O).
   """
-  nd = len(ms)
-  ns = [at.shape[1] for at, _, _ in mats]
-  n_ex, tiles, features = prod.shape[1], prod.shape[2:-1], prod.shape[-1]
-  # One axis at a time, then interleave the m^d outputs of every tile.
-  y = prod.reshape(*ns, n_ex, *tiles, features)
-  for d, (at, _, _) in enumerate(mats):
-    y = _combine(at, [lax.index_in_dim(y, a, d, keepdims=False) for a in range(ns[d])], axis=d)
-  perm = [nd] + [p for d in range(nd) for p in (nd + 1 + d, d)] + [2 * nd + 1]
-  y = y.transpose(perm).reshape(n_ex, *(t * m for t, m in zip(tiles, ms)), features)
-  return y[(slice(None), *(slice(0, o) for o in out))]
+  return _interleave_tiles(_output_tiles(prod, mats), ms, out)
 
 
 GEMM_FORM = "auto"  # "rows" | "channels" | "auto": which form the ungrouped GEMMs take
@@ -448,9 +487,12 @@ def _blocks(nbytes: int) -> int:
   return 1 if nbytes <= SPLIT_ABOVE_BYTES else -(-nbytes // CHUNK_BYTES)
 
 
-def _position_blocks(u_bytes: int, n_pos: int) -> int:
-  """The fewest equal blocks of positions that bring the transformed kernel under budget."""
-  return next(k for k in range(1, n_pos + 1) if n_pos % k == 0 and u_bytes // k <= U_BLOCK_BYTES)
+def _position_blocks(u_bytes: int, n_rows: int) -> int:
+  """The fewest equal blocks of the first axis' `n_rows` positions that bring the transformed
+  kernel under budget (one row each at most)."""
+  return next(
+    (k for k in range(1, n_rows) if n_rows % k == 0 and u_bytes // k <= U_BLOCK_BYTES), n_rows
+  )
 
 
 def _phases(size_k: int, out: int, s: int, d: int) -> list[tuple[slice, slice, slice]]:

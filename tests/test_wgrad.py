@@ -108,6 +108,38 @@ def test_wgrad_in_blocks_of_examples_and_tile_rows(monkeypatch, budget, strides)
   assert err < 1e-5, err
 
 
+@pytest.mark.parametrize(
+  ("lhs_shape", "rhs_shape", "dn", "groups", "tiles"),
+  [
+    ((3, 9, 10, 8), (3, 3, 8, 6), ("NHWC", "HWIO", "NHWC"), 1, (4, 4)),
+    ((3, 8, 9, 6), (3, 3, 3, 4), ("NHWC", "HWIO", "NHWC"), 2, (2, 2)),
+    ((2, 6, 5, 7, 4), (3, 2, 3, 4, 4), ("NDHWC", "DHWIO", "NDHWC"), 1, (2, 2, 2)),
+  ],
+  ids=str,
+)
+def test_wgrad_in_blocks_of_positions(monkeypatch, lhs_shape, rhs_shape, dn, groups, tiles):
+  # A transformed kernel gradient over U_BLOCK_BYTES is made a block of first-axis positions at
+  # a time (here one row of positions per block), each adding its share in a loop.
+  from jaxconv import _winograd
+
+  monkeypatch.setattr(_winograd, "U_BLOCK_BYTES", 1 << 8)
+  rng = rng_for(f"position-blocks-{lhs_shape}")
+  x = jnp.asarray(rng.standard_normal(lhs_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
+  nd = x.ndim - 2
+  call = dict(window_strides=(1,) * nd, padding="SAME", dimension_numbers=dn, precision=HIGHEST,
+              feature_group_count=groups)  # fmt: skip
+  g = jaxconv.plan(x, w, **call, algorithm="lax").geometry
+  y, pullback = jax.vjp(lambda w: jax.lax.conv_general_dilated(x, w, **call), w)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  (want,) = pullback(dy)
+  fn = lambda x, dy: _wgrad.kernel_gradient(x, dy, g, tiles)
+  assert "cond" in str(jax.make_jaxpr(fn)(x, dy))  # a branch per block
+  got = jax.jit(fn)(x, dy)
+  err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+  assert err < 1e-5, err
+
+
 @pytest.mark.parametrize(("name", "lhs_shape", "rhs_shape", "kwargs"), CASES, ids=IDS)
 def test_wgrad_and_its_derivatives_lower_for_cuda(name, lhs_shape, rhs_shape, kwargs):
   kwargs = dict(kwargs, precision=HIGHEST)

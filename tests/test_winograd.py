@@ -325,8 +325,9 @@ def test_input_features_innermost_kernels_as_left_operands(lhs_shape, rhs_shape,
 )
 def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, tile, form,
                                                    monkeypatch, request):  # fmt: skip
-  # A transformed kernel over U_BLOCK_BYTES is made and multiplied a block of positions at a time
-  # (here one position per block), in both GEMM forms; the forward and both gradients agree.
+  # A transformed kernel over U_BLOCK_BYTES is made and multiplied a block of first-axis
+  # positions at a time (here one row of positions per block), in both GEMM forms, each block
+  # adding its share of the output tiles in a loop; the forward and both gradients agree.
   from jaxconv import _api, _winograd
   from jaxconv._geometry import normalize
 
@@ -341,7 +342,7 @@ def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, til
   g = normalize(x, w, **kw)
   tiles = (tile,) * g.ndim
   jaxpr = str(jax.make_jaxpr(lambda x, w: _winograd.winograd(x, w, g, tiles))(x, w))
-  assert "scan" in jaxpr or "while" in jaxpr  # the loop over blocks (fori_loop)
+  assert ("scan" in jaxpr or "while" in jaxpr) and "cond" in jaxpr  # a loop, a branch per block
   ours = lambda x, w: jaxconv.conv_general_dilated(x, w, **kw, algorithm=f"winograd{tile}")
   theirs = lambda x, w: lax.conv_general_dilated(x, w, **kw)
   y, vjp = jax.vjp(jax.jit(ours), x, w)
