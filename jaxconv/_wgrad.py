@@ -211,7 +211,7 @@ WGRAD = Wgrad()
 
 
 def _stride1(
-  x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry
+  x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry, split: bool
 ) -> jax.Array:
   """`_tiles` summed over blocks of tile rows when the transformed data exceeds BLOCK_BYTES.
 
@@ -223,10 +223,11 @@ def _stride1(
   n_pos = math.prod(m + r - 1 for m, r in zip(ms, rs))
   itemsize = np.dtype(x.dtype).itemsize
   nbytes = n_pos * x.shape[0] * math.prod(tiles) * (x.shape[1] * x.shape[-1] + dy.shape[-1])
-  nbytes //= _row_blocks(ms, rs, g.group_in_features, dy.shape[-1], itemsize)
+  if split:
+    nbytes //= _row_blocks(ms, rs, g.group_in_features, dy.shape[-1], itemsize)
   blocks = min(tiles[0], -(-nbytes * itemsize // BLOCK_BYTES))
   if blocks <= 1:
-    return _tiles(x, dy, rs, ms, g)
+    return _tiles(x, dy, rs, ms, g, split)
   per = -(-tiles[0] // blocks) * ms[0]  # output rows per block
   blocks = -(-out[0] // per)
   rows = blocks * per
@@ -236,10 +237,11 @@ def _stride1(
 
   def body(i: jax.Array, acc: jax.Array) -> jax.Array:
     xs = lax.dynamic_slice_in_dim(x, i * per, per + rs[0] - 1, axis=2)
-    return acc + _tiles(xs, lax.dynamic_slice_in_dim(dy, i * per, per, axis=1), rs, ms, g)
+    dys = lax.dynamic_slice_in_dim(dy, i * per, per, axis=1)
+    return acc + _tiles(xs, dys, rs, ms, g, split)
 
   part = jax.eval_shape(
-    lambda a, b: _tiles(a, b, rs, ms, g), x[:, :, : per + rs[0] - 1], dy[:, :per]
+    lambda a, b: _tiles(a, b, rs, ms, g, split), x[:, :, : per + rs[0] - 1], dy[:, :per]
   )
   return lax.fori_loop(0, blocks, body, jnp.zeros(part.shape, part.dtype))
 
@@ -250,7 +252,9 @@ def _row_blocks(ms: Sequence[int], rs: Sequence[int], cin: int, cout: int, items
   return _position_blocks(math.prod(ns) * cin * cout * itemsize, ns[0])
 
 
-def _tiles(x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry):
+def _tiles(
+  x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry, split: bool
+):
   """Kernel gradient of a VALID stride-1 Winograd problem (`jaxconv._winograd._tiles`).
 
   Args:
@@ -259,6 +263,7 @@ def _tiles(x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g:
     rs: kernel size per axis.
     ms: tile output size per axis.
     g: the forward geometry (groups, precision).
+    split: whether a transformed gradient over U_BLOCK_BYTES is made in blocks of positions.
 
   Returns:
     (*rs, I, G, B, O') kernel gradient.
@@ -307,7 +312,7 @@ def _tiles(x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g:
   # (`jaxconv._winograd._tiles`): each block transforms its input rows and its output-gradient
   # rows and adds its share ``GT[:, block] dU[block]`` to the gradient.
   n_rows = mats[0][2].shape[0]
-  n_pb = _row_blocks(ms, rs, cin, dy.shape[-1], np.dtype(dy.dtype).itemsize)
+  n_pb = _row_blocks(ms, rs, cin, dy.shape[-1], np.dtype(dy.dtype).itemsize) if split else 1
   if n_pb == 1:
     dg = stages(mats, gk, x, dy)
   else:
@@ -366,7 +371,8 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
     for combo in itertools.product(*axes):
       x_sl, w_sl, y_sl = zip(*combo)
       rs = [len(range(k)[sl]) for k, sl in zip(g.kernel, w_sl)]
-      part = _stride1(xb[(slice(None), slice(None), *x_sl)], dyb[(slice(None), *y_sl)], rs, m, g)
+      xs, dys = xb[(slice(None), slice(None), *x_sl)], dyb[(slice(None), *y_sl)]
+      part = _stride1(xs, dys, rs, m, g, split)
       if all(sl == slice(None) for sl in w_sl) and dw is not None:  # dilation phases add up
         dw = dw + part
       else:  # stride phases: each fills its own kernel taps
@@ -375,10 +381,17 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
     return dw
 
   # Examples are summed in equal blocks whose transformed data stays within BLOCK_BYTES (one
-  # example at a time, in blocks of tile rows, when a single one exceeds it); a block of
-  # positions (`_tiles`) holds its share of the data.
-  share = _row_blocks(m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize)
-  n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt) // share
+  # example at a time, in blocks of tile rows, when a single one exceeds it). Where the data
+  # exceed one block, a large dU is also split into blocks of positions (`_tiles`), each holding
+  # its share of the data: at batch 32 that took the 7x7x512 step's temporaries from 75.6 to
+  # 54.7 MB. Where they fit, the split would save no memory and cost time (its partial sums: the
+  # 7x7x512 kernel gradient at batch 8 ran 0.89-0.92x as fast split).
+  n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt)
+  split = n_ex * per_example > BLOCK_BYTES
+  if split:
+    per_example //= _row_blocks(
+      m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize
+    )
   blocks = next(
     k
     for k in range(1, n_ex + 1)

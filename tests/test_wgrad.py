@@ -118,8 +118,9 @@ def test_wgrad_in_blocks_of_examples_and_tile_rows(monkeypatch, budget, strides)
   ids=str,
 )
 def test_wgrad_in_blocks_of_positions(monkeypatch, lhs_shape, rhs_shape, dn, groups, tiles):
-  # A transformed kernel gradient over U_BLOCK_BYTES is made a block of first-axis positions at
-  # a time (here one row of positions per block), each adding its share in a loop.
+  # Where the transformed data exceed a block, a transformed kernel gradient over U_BLOCK_BYTES
+  # is made a block of first-axis positions at a time (here one row of positions per block),
+  # each adding its share in a loop.
   from jaxconv import _winograd
 
   monkeypatch.setattr(_winograd, "U_BLOCK_BYTES", 1 << 8)
@@ -134,6 +135,9 @@ def test_wgrad_in_blocks_of_positions(monkeypatch, lhs_shape, rhs_shape, dn, gro
   dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   (want,) = pullback(dy)
   fn = lambda x, dy: _wgrad.kernel_gradient(x, dy, g, tiles)
+  assert "cond" not in str(jax.make_jaxpr(fn)(x, dy))  # the data fit one block: no split
+  monkeypatch.setattr(_wgrad, "BLOCK_BYTES", 1 << 12)
+  fn = lambda x, dy: _wgrad.kernel_gradient(x, dy, g, tiles)  # traced afresh
   assert "cond" in str(jax.make_jaxpr(fn)(x, dy))  # a branch per block
   got = jax.jit(fn)(x, dy)
   err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
