@@ -366,12 +366,13 @@ def _tiles(
   def branch(b: int):
     rows = slice(b * per, (b + 1) * per)
     mats_b = [(at0[:, rows], gm0, bt0[rows]), *mats[1:]]
-    return lambda x, w: stages(mats_b, gk[b * span : (b + 1) * span], x, w)
+    return lambda x, wf: stages(mats_b, gk[b * span : (b + 1) * span], x, wf.reshape(w.shape))
 
   branches = [branch(b) for b in range(n_pb)]
-  part = jax.eval_shape(branches[0], x, w)
+  wf = w.reshape(taps, -1)
+  part = jax.eval_shape(branches[0], x, wf)
   y = lax.fori_loop(
-    0, n_pb, lambda b, y: y + lax.switch(b, branches, x, w), jnp.zeros(part.shape, part.dtype)
+    0, n_pb, lambda b, y: y + lax.switch(b, branches, x, wf), jnp.zeros(part.shape, part.dtype)
   )
   return _interleave_tiles(y, ms, out)
 
