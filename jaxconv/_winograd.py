@@ -85,9 +85,10 @@ SUM_BLOCK = 128
 # host memory kept and 1.83x without, against 1.02x and 1.35x for four blocks of 128 output
 # features (whose GEMMs are too narrow to keep both cores busy) and 1.38x and 0.76x in one piece.
 # The blocks are whole rows of positions, each transforming its own input rows and adding its
-# share of the output (`_tiles`): that layer's training step at batch 32 kept 75.6 MB of XLA
-# temporaries against 94.4 MB for blocks that shared a whole transformed input and product, at
-# the same speed (docs/memory.md). The kernel gradient's transformed product takes the same budget.
+# share of the output (`_tiles`): that layer's training step at batch 32 (the kernel gradient's
+# dU split the same way, `jaxconv._wgrad`) held 39.9 MB of XLA temporaries against 94.4 MB for
+# blocks that shared a whole transformed input and product, and ran 0.99-1.06x as fast
+# (docs/benchmarks.md, "Blocks of position rows").
 U_BLOCK_BYTES = 12 << 20
 BLOCKED_SUM_TILES = (2, 6)
 
