@@ -56,6 +56,7 @@ from jaxconv._winograd import (
   _phases,
   _plan,
   _position_blocks,
+  _sum_position_rows,
   kernel_matrix,
   transform_input,
   work_dtype,
@@ -274,7 +275,6 @@ def _tiles(
   # tile, the strided view dy[i::m].
   dy = jnp.pad(dy, [(0, 0)] + [(0, k * m - o) for k, m, o in zip(tiles, ms, out)] + [(0, 0)])
   gk = kernel_matrix(mats)
-  n_pos = gk.shape[0]
   n_ex, n_tiles = x.shape[0], math.prod(tiles)
   fgc, bgc, cin = g.feature_group_count, g.batch_group_count, g.group_in_features
 
@@ -311,27 +311,11 @@ def _tiles(
   # positions (along the first axis) at a time, as the forward makes its transformed kernel
   # (`jaxconv._winograd._tiles`): each block transforms its input rows and its output-gradient
   # rows and adds its share ``GT[:, block] dU[block]`` to the gradient.
-  n_rows = mats[0][2].shape[0]
   n_pb = _row_blocks(ms, rs, cin, dy.shape[-1], np.dtype(dy.dtype).itemsize) if split else 1
   if n_pb == 1:
     dg = stages(mats, gk, x, dy)
   else:
-    (at0, gm0, bt0), per = mats[0], n_rows // n_pb
-    span = n_pos // n_rows * per  # positions per block
-
-    def branch(b: int):
-      rows = slice(b * per, (b + 1) * per)
-      mats_b = [(at0[:, rows], gm0, bt0[rows]), *mats[1:]]
-      return lambda x, dy: stages(mats_b, gk[b * span : (b + 1) * span], x, dy)
-
-    branches = [branch(b) for b in range(n_pb)]
-    part = jax.eval_shape(branches[0], x, dy)
-    dg = lax.fori_loop(
-      0,
-      n_pb,
-      lambda b, acc: acc + lax.switch(b, branches, x, dy),
-      jnp.zeros(part.shape, part.dtype),
-    )
+    dg = _sum_position_rows(stages, mats, gk, n_pb, x, dy)
   return dg.reshape(*rs, cin, fgc, bgc, -1)
 
 

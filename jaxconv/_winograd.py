@@ -40,9 +40,10 @@ improving the accuracy of Winograd convolution for deep neural networks" (ACM TO
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import jax
@@ -362,33 +363,49 @@ def _tiles(
   # Blocks of whole rows of positions along the first axis. The output transform is linear in
   # the positions, ``Y = sum_i AT[:, i] (M[i] A)``, so each block transforms its input rows
   # (rows of BT), its kernels (rows of G) and its products (columns of AT) and adds its share
-  # of the output tiles: neither the transformed input nor the products exist whole. A loop
-  # runs the blocks one after another (a branch per block keeps the transforms' coefficients
-  # constants), so XLA can neither hold the blocks' transformed kernels side by side nor hoist a
-  # block's transformed input out of it; each block pads the input itself, so the loop reads the
-  # input as it came. The loop's operands are flat: XLA:CPU copied a reshaped kernel before the
-  # loop (9.4 MB at 7x7x512).
-  (at0, gm0, bt0), per = mats[0], mats[0][2].shape[0] // n_pb
-  span = n_pos // mats[0][2].shape[0] * per  # positions per block
+  # of the output tiles: neither the transformed input nor the products exist whole. Each block
+  # pads the input itself, so the loop reads the input as it came, and the loop's operands are
+  # flat: XLA:CPU copied a reshaped kernel before the loop (9.4 MB at 7x7x512).
 
-  def branch(b: int):
+  def block(mats_b, gkb: np.ndarray, xf: jax.Array, wf: jax.Array) -> jax.Array:
+    xb = xf.reshape(x.shape)
+    return stages(mats_b, gkb, xb if pad is None else _pad(xb, pad), wf.reshape(w.shape))
+
+  y = _sum_position_rows(block, mats, gk, n_pb, x.reshape(n_ex, -1), w.reshape(taps, -1))
+  return _interleave_tiles(y, ms, out)
+
+
+def _sum_position_rows(
+  fn: Callable[..., jax.Array],
+  mats: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+  gk: np.ndarray,
+  blocks: int,
+  *operands: jax.Array,
+) -> jax.Array:
+  """The sum over `blocks` equal blocks of the first axis' positions of ``fn(mats_b, gk_b, *ops)``.
+
+  ``mats_b`` holds the block's rows of the first axis' ``BT`` and columns of its ``AT``, ``gk_b``
+  the block's rows of the kernel matrix. A loop runs the blocks one after another, a `lax.switch`
+  branch per block keeping its transforms' coefficients constants, so XLA neither holds two
+  blocks' buffers at once nor schedules a block's work ahead of the loop.
+  """
+  (at0, gm0, bt0), n_rows = mats[0], mats[0][2].shape[0]
+  per = n_rows // blocks
+  span = gk.shape[0] // n_rows * per  # positions per block
+
+  def branch(b: int) -> Callable[..., jax.Array]:
     rows = slice(b * per, (b + 1) * per)
     mats_b = [(at0[:, rows], gm0, bt0[rows]), *mats[1:]]
-    gkb = gk[b * span : (b + 1) * span]
+    return functools.partial(fn, mats_b, gk[b * span : (b + 1) * span])
 
-    def run(xf: jax.Array, wf: jax.Array) -> jax.Array:
-      xb = xf.reshape(x.shape)
-      return stages(mats_b, gkb, xb if pad is None else _pad(xb, pad), wf.reshape(w.shape))
-
-    return run
-
-  branches = [branch(b) for b in range(n_pb)]
-  xf, wf = x.reshape(n_ex, -1), w.reshape(taps, -1)
-  part = jax.eval_shape(branches[0], xf, wf)
-  y = lax.fori_loop(
-    0, n_pb, lambda b, y: y + lax.switch(b, branches, xf, wf), jnp.zeros(part.shape, part.dtype)
+  branches = [branch(b) for b in range(blocks)]
+  part = jax.eval_shape(branches[0], *operands)
+  return lax.fori_loop(
+    0,
+    blocks,
+    lambda b, acc: acc + lax.switch(b, branches, *operands),
+    jnp.zeros(part.shape, part.dtype),
   )
-  return _interleave_tiles(y, ms, out)
 
 
 def _reversal(gm: np.ndarray) -> np.ndarray | None:

@@ -314,20 +314,22 @@ def test_input_features_innermost_kernels_as_left_operands(lhs_shape, rhs_shape,
 
 @pytest.mark.parametrize("form", ["rows", "channels"])
 @pytest.mark.parametrize(
-  "lhs_shape,rhs_shape,dn,tile",
+  "lhs_shape,rhs_shape,dn,tile,extra",
   [
-    ((2, 9, 10, 8), (3, 3, 8, 12), NHWC, 4),
-    ((2, 8, 11, 9), (12, 8, 3, 3), ("NCHW", "OIHW", "NCHW"), 2),
-    ((2, 12, 8), (5, 8, 6), ("NWC", "WIO", "NWC"), 4),
-    ((1, 6, 5, 7, 4), (3, 2, 3, 4, 4), ("NDHWC", "DHWIO", "NDHWC"), 2),
+    ((2, 9, 10, 8), (3, 3, 8, 12), NHWC, 4, {}),
+    ((2, 9, 10, 8), (3, 3, 8, 12), NHWC, 4, {"padding": ((2, 0), (1, 3)), "lhs_dilation": (2, 1)}),
+    ((2, 8, 11, 9), (12, 8, 3, 3), ("NCHW", "OIHW", "NCHW"), 2, {}),
+    ((2, 12, 8), (5, 8, 6), ("NWC", "WIO", "NWC"), 4, {}),
+    ((1, 6, 5, 7, 4), (3, 2, 3, 4, 4), ("NDHWC", "DHWIO", "NDHWC"), 2, {}),
   ],
   ids=str,
 )
-def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, tile, form,
+def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, tile, extra, form,
                                                    monkeypatch, request):  # fmt: skip
   # A transformed kernel over U_BLOCK_BYTES is made and multiplied a block of first-axis
   # positions at a time (here one row of positions per block), in both GEMM forms, each block
-  # adding its share of the output tiles in a loop; the forward and both gradients agree.
+  # padding (and dilating) the input itself and adding its share of the output tiles in a loop;
+  # the forward and both gradients agree.
   from jaxconv import _api, _winograd
   from jaxconv._geometry import normalize
 
@@ -338,7 +340,7 @@ def test_transformed_kernel_in_blocks_of_positions(lhs_shape, rhs_shape, dn, til
   rng = rng_for(f"position-blocks{lhs_shape}{form}")
   x, w = random_array(rng, lhs_shape, np.float32), random_array(rng, rhs_shape, np.float32)
   kw = dict(window_strides=(1,) * (x.ndim - 2), padding="SAME", dimension_numbers=dn,
-            precision=HIGHEST)  # fmt: skip
+            precision=HIGHEST) | extra  # fmt: skip
   g = normalize(x, w, **kw)
   tiles = (tile,) * g.ndim
   jaxpr = str(jax.make_jaxpr(lambda x, w: _winograd.winograd(x, w, g, tiles))(x, w))
