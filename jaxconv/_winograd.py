@@ -562,6 +562,7 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
   # more, which XLA cancels, and the transforms account for the reversal (`_reversed_taps`).
   flipped = g.reversed_kernel and all(len(a) == 1 for a in axes)
   combos = list(itertools.product(*axes))
+  whole = all(sl == slice(None) for combo in combos for part in combo for sl in part)
   rhs_spec = g.dimension_numbers.rhs_spec
   if flipped:
     rhs = lax.rev(rhs, rhs_spec[2:])
@@ -574,7 +575,7 @@ def winograd(lhs: jax.Array, rhs: jax.Array, g: ConvGeometry, m: Sequence[int]) 
 
   def block(xb: jax.Array) -> jax.Array:
     # xb: (E, B, *S, C), a block of examples, computed together so every GEMM has E * tiles rows.
-    if len(combos) == 1:  # one stride-1 problem: padded where it is read
+    if whole:  # the problem is its own one stride-1 phase: padded where it is read
       return _stride1(xb, w, out, m, g, flipped, features_minor, g.pad_config)
     xb = _pad(xb, g.pad_config)
     y = None

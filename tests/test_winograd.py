@@ -86,6 +86,25 @@ def test_strides_and_dilations(strides, rhs_dil, lhs_dil, padding, algorithm):
 
 
 @pytest.mark.parametrize(
+  "rhs_shape,strides,rhs_dil",
+  [((1, 3, 4, 5), (2, 1), (1, 1)), ((3, 1, 4, 5), (1, 3), (1, 1)), ((3, 3, 4, 5), (1, 1), (5, 1))],
+  ids=str,
+)
+def test_one_phase_that_is_not_the_whole_input(rhs_shape, strides, rhs_dil):
+  # A stride along an axis whose kernel has one tap, or a dilation with one output, leaves a
+  # single phase that still reads every s-th (d-th) input position.
+  _run(
+    "winograd4",
+    (2, 11, 10, 4),
+    rhs_shape,
+    window_strides=strides,
+    padding="VALID",
+    rhs_dilation=rhs_dil,
+    dimension_numbers=NHWC,
+  )
+
+
+@pytest.mark.parametrize(
   "n,c,o,fgc,bgc",
   [(2, 6, 4, 2, 1), (2, 4, 4, 4, 1), (2, 4, 8, 4, 1), (4, 3, 4, 1, 2), (6, 2, 6, 1, 3)],
   ids=str,
