@@ -176,8 +176,7 @@ def _stride1(
   n_blocks = min(rows, _blocks(row_bytes * rows))
   if n_blocks == 1:
     return _tiles(x, w, out, ms, g, flipped, features_minor, pad)
-  if pad is not None:
-    x = _pad(x, pad)
+  x = _pad(x, pad)
   per = -(-rows // n_blocks) * m0  # output rows per block
   span = per + r0 - 1  # the input rows they read
   short = out[0] + r0 - 1 - x.shape[2]  # dynamic slices must stay in bounds
@@ -359,7 +358,7 @@ def _tiles(
   # Not with blocked sums: split, XLA sums them less accurately (F(6,3) at C = 512: 11.4x
   # direct convolution's error, against 9.0x in one piece).
   if n_pb == 1 or not ungrouped or blocked:
-    return _interleave_tiles(stages(mats, gk, x if pad is None else _pad(x, pad), w), ms, out)
+    return _interleave_tiles(stages(mats, gk, _pad(x, pad), w), ms, out)
   # Blocks of whole rows of positions along the first axis. The output transform is linear in
   # the positions, ``Y = sum_i AT[:, i] (M[i] A)``, so each block transforms its input rows
   # (rows of BT), its kernels (rows of G) and its products (columns of AT) and adds its share
@@ -368,8 +367,7 @@ def _tiles(
   # flat: XLA:CPU copied a reshaped kernel before the loop (9.4 MB at 7x7x512).
 
   def block(mats_b, gkb: np.ndarray, xf: jax.Array, wf: jax.Array) -> jax.Array:
-    xb = xf.reshape(x.shape)
-    return stages(mats_b, gkb, xb if pad is None else _pad(xb, pad), wf.reshape(w.shape))
+    return stages(mats_b, gkb, _pad(xf.reshape(x.shape), pad), wf.reshape(w.shape))
 
   y = _sum_position_rows(block, mats, gk, n_pb, x.reshape(n_ex, -1), w.reshape(taps, -1))
   return _interleave_tiles(y, ms, out)
@@ -519,8 +517,10 @@ def _blocks(nbytes: int) -> int:
   return 1 if nbytes <= SPLIT_ABOVE_BYTES else -(-nbytes // CHUNK_BYTES)
 
 
-def _pad(x: jax.Array, pad: Sequence[tuple[int, int, int]]) -> jax.Array:
-  """`x`, (E, B, *S, C), padded along its spatial axes by `pad` (`lax.pad`'s form)."""
+def _pad(x: jax.Array, pad: Sequence[tuple[int, int, int]] | None) -> jax.Array:
+  """`x`, (E, B, *S, C), padded along its spatial axes by `pad` (`lax.pad`'s form; None: none)."""
+  if pad is None:
+    return x
   return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (0, 0, 0), *pad, (0, 0, 0)])
 
 
