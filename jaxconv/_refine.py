@@ -15,7 +15,8 @@ training step of the layer alone, made the whole step 1.05x slower than lax did,
    other admissible candidate whose time alone is within `WITHIN` of the chosen one's;
 3. compiles `fn` as chosen, and once per alternative with that one change, as many at a time as
    `tune` compiles at once (two on a 2-core CPU), and frees each batch once it is timed;
-4. times each such program against the chosen one in `ROUNDS` interleaved rounds of one call each,
+4. times each such program against the chosen one in `ROUNDS` interleaved rounds of one call each
+   (after one uncounted call: the first after another program runs cold, `jaxconv._timing`),
    and keeps the changes that made `fn` at least `GAIN` faster (the median of the per-round
    ratios, `_timing.round_ratios`) and faster in three rounds of four (their first quartile);
 5. when it keeps more than one, times them all together against the chosen program and the best
@@ -53,7 +54,7 @@ from jaxconv._geometry import ConvGeometry
 
 __all__ = ["GAIN", "ROUNDS", "WITHIN", "refine"]
 
-ROUNDS = 7  # interleaved rounds per comparison: one call of each program per round
+ROUNDS = 7  # interleaved rounds per comparison: one timed call of each program per round
 GAIN = 1.02  # a change must make the whole function 2% faster to be kept
 WITHIN = 1.5  # alternatives: lax, and the fastest other candidate within 1.5x of the choice alone
 

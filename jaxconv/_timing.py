@@ -1,4 +1,12 @@
-"""Side-by-side timing: compiled ahead, interleaved rounds, medians and per-round ratios."""
+"""Side-by-side timing: compiled ahead, interleaved rounds, medians and per-round ratios.
+
+A call made right after another program's runs cold, on the caches, thread pools and clock speeds
+that program left, so each function's first call of a round is made and waited for but not
+counted (``warm=True``), as the tuner's timer does (`jaxconv._tune._default_timer`). Counted, in
+rounds of about 50 ms, it made one Winograd kernel gradient (ResNet-50's 28x28x128 and 7x7x512
+layers, batch 8, Intel Xeon) 1.05-1.08x slower in the slot after lax's than the very same program
+in the slots after itself.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ def interleaved_rounds(
   *,
   rounds: int = 7,
   min_round_s: float = 0.05,
+  warm: bool = True,
 ) -> list[list[float]]:
   """Seconds per call of each function in each of `rounds` interleaved rounds.
 
@@ -31,6 +40,9 @@ def interleaved_rounds(
   times each function in turn, repeating a call until `min_round_s` has passed, so that a burst of
   noise on a shared machine hits all of them alike. Ratios are the figures to trust (see
   `round_ratios`); a single absolute time means little.
+
+  With `warm`, each function's first call of a round is made and waited for but not counted: it
+  runs on the caches and threads the function before it left (see the module docstring).
 
   Example:
     >>> import jax.numpy as jnp
@@ -48,6 +60,8 @@ def interleaved_rounds(
   times: list[list[float]] = [[] for _ in compiled]
   for _ in range(rounds):
     for i, (c, n) in enumerate(zip(compiled, reps)):
+      if warm:
+        jax.block_until_ready(c(*args))
       start = time.perf_counter()
       for _ in range(n):
         out = c(*args)
@@ -106,12 +120,17 @@ def ratio_text(base: Sequence[float], other: Sequence[float]) -> str:
 
 
 def interleaved_call_rounds(
-  calls: Mapping[str, Callable[[], Any]], *, rounds: int = 7, min_round_s: float = 0.05
+  calls: Mapping[str, Callable[[], Any]],
+  *,
+  rounds: int = 7,
+  min_round_s: float = 0.05,
+  warm: bool = True,
 ) -> dict[str, list[float]]:
   """Seconds per call of blocking callables (another library's, say) in each interleaved round.
 
   Each round calls every one in turn, repeatedly until `min_round_s` has passed; the callables
-  must block until their result is ready and be warmed up by the caller.
+  must block until their result is ready and be warmed up by the caller. With `warm`, the first
+  call of each in a round is not counted (as in `interleaved_rounds`).
 
   Example:
     >>> t = interleaved_call_rounds({"a": lambda: None}, rounds=2, min_round_s=0.001)
@@ -121,6 +140,8 @@ def interleaved_call_rounds(
   times: dict[str, list[float]] = {name: [] for name in calls}
   for _ in range(rounds):
     for name, call in calls.items():
+      if warm:
+        call()
       n, start = 0, time.perf_counter()
       while n == 0 or time.perf_counter() - start < min_round_s:  # at least one call
         call()

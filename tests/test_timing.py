@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,9 +46,41 @@ def test_interleaved_rounds_and_their_medians():
   assert len(medians) == 3 and min(medians) > 0
 
 
-def test_interleaved_call_rounds_call_each_in_turn():
+@pytest.mark.parametrize("warm", [True, False])
+def test_interleaved_call_rounds_call_each_in_turn(warm):
   order: list[str] = []
   calls = {name: (lambda name=name: order.append(name)) for name in "ab"}
-  rounds = interleaved_call_rounds(calls, rounds=3, min_round_s=0.0)
+  rounds = interleaved_call_rounds(calls, rounds=3, min_round_s=0.0, warm=warm)
   assert {k: len(v) for k, v in rounds.items()} == {"a": 3, "b": 3}
-  assert order == ["a", "b"] * 3  # min_round_s = 0: one call per round, in turn
+  # min_round_s = 0: one timed call per round, in turn, each after an uncounted one if warm
+  assert order == (["a", "a", "b", "b"] if warm else ["a", "b"]) * 3
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_interleaved_rounds_leave_out_each_rounds_first_call(warm):
+  # `after` leaves the machine "cold": the next call of `sensitive` then takes 50 ms more.
+  cold = [False]
+
+  def chill(x):
+    cold[0] = True
+
+  def wait(x):
+    if cold[0]:
+      time.sleep(0.05)
+    cold[0] = False
+
+  def after(x):
+    jax.debug.callback(chill, x)
+    return x + 1
+
+  def sensitive(x):
+    jax.debug.callback(wait, x)
+    return x * 2
+
+  rounds = interleaved_rounds(
+    [after, sensitive], [jnp.ones(4)], rounds=3, min_round_s=0.0, warm=warm
+  )
+  if warm:
+    assert max(rounds[1]) < 0.05
+  else:
+    assert min(rounds[1]) >= 0.05
