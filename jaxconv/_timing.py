@@ -4,7 +4,7 @@ A call made right after another program's runs cold, on the caches, thread pools
 that program left, so each function's first call of a round is made and waited for but not
 counted (``warm=True``), as the tuner's timer does (`jaxconv._tune._default_timer`). Counted, in
 rounds of about 50 ms, it made a Winograd kernel gradient (ResNet-50's 28x28x128 and 7x7x512
-layers, batch 8, Intel Xeon, both flag settings) 1.02-1.22x slower in the slot after lax's than
+layers, batch 8, Intel Xeon, both flag settings) 1.02-1.14x slower in the slot after lax's than
 the very same program in the slots after itself; left out, 1.00-1.03x (docs/benchmarks.md).
 """
 
