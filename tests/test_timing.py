@@ -58,7 +58,8 @@ def test_interleaved_call_rounds_call_each_in_turn(warm):
 
 @pytest.mark.parametrize("warm", [True, False])
 def test_interleaved_rounds_leave_out_each_rounds_first_call(warm):
-  # `after` leaves the machine "cold": the next call of `sensitive` then takes 50 ms more.
+  # `after` leaves the machine "cold": the next call of `sensitive` then takes 0.25 s more, far
+  # beyond a warm call's time even on a busy machine.
   cold = [False]
 
   def chill(x):
@@ -66,7 +67,7 @@ def test_interleaved_rounds_leave_out_each_rounds_first_call(warm):
 
   def wait(x):
     if cold[0]:
-      time.sleep(0.05)
+      time.sleep(0.25)
     cold[0] = False
 
   def after(x):
@@ -81,6 +82,6 @@ def test_interleaved_rounds_leave_out_each_rounds_first_call(warm):
     [after, sensitive], [jnp.ones(4)], rounds=3, min_round_s=0.0, warm=warm
   )
   if warm:
-    assert max(rounds[1]) < 0.05
+    assert max(rounds[1]) < 0.25
   else:
-    assert min(rounds[1]) >= 0.05
+    assert min(rounds[1]) >= 0.25
