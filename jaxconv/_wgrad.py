@@ -53,6 +53,7 @@ from jaxconv._winograd import (
   _bytes_per_example,
   _combine,
   _kernel_exceeds_output,
+  _pad,
   _phases,
   _plan,
   _position_blocks,
@@ -350,7 +351,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
   shape = (*g.kernel, g.group_in_features, fgc, bgc, g.out_features // (fgc * bgc))
 
   def block(xb: jax.Array, dyb: jax.Array) -> jax.Array:
-    xb = lax.pad(xb, jnp.zeros((), xb.dtype), [(0, 0, 0), (0, 0, 0), *g.pad_config, (0, 0, 0)])
+    xb = _pad(xb, g.pad_config)
     dw = None
     for combo in itertools.product(*axes):
       x_sl, w_sl, y_sl = zip(*combo)
