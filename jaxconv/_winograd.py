@@ -89,8 +89,12 @@ SUM_BLOCK = 128
 # share of the output (`_tiles`): that layer's training step at batch 32 (the kernel gradient's
 # dU split the same way, `jaxconv._wgrad`) held 39.9 MB of XLA temporaries against 94.4 MB for
 # blocks that shared a whole transformed input and product, and ran 0.99-1.06x as fast
-# (docs/benchmarks.md, "Blocks of position rows").
-U_BLOCK_BYTES = 12 << 20
+# (docs/benchmarks.md, "Blocks of position rows"). Its six rows of positions then ran in three
+# blocks of 12.6 MB; two of 18.9 MB made its training step at batch 8 1.38-1.61x lax with host
+# memory kept against 1.25-1.32x (six blocks: 1.13-1.16x), 1.32-1.37x without against 1.27-1.33x
+# (one piece: 0.83-0.88x), with the step's peak memory at batch 32 1.17x lax's against 1.15x
+# (docs/benchmarks.md, "Two blocks of a deep layer's transformed kernel").
+U_BLOCK_BYTES = 20 << 20
 BLOCKED_SUM_TILES = (2, 6)
 
 
