@@ -43,10 +43,12 @@ from jax import lax
 from jaxconv._algorithm import Algorithm
 from jaxconv._autodiff import _swap01
 from jaxconv._geometry import ConvGeometry, grouped_input, normalize
+from jaxconv._host_memory import host_memory_kept
 from jaxconv._loops import sum_blocks
 from jaxconv._winograd import (
   AUTO_TILES,
   KERNEL_RATE,
+  SPLIT_ABOVE_BYTES,
   STREAM_RATE,
   TILES,
   WINOGRAD,
@@ -213,9 +215,15 @@ WGRAD = Wgrad()
 
 
 def _stride1(
-  x: jax.Array, dy: jax.Array, rs: Sequence[int], ms: Sequence[int], g: ConvGeometry, split: bool
+  x: jax.Array,
+  dy: jax.Array,
+  rs: Sequence[int],
+  ms: Sequence[int],
+  g: ConvGeometry,
+  split: bool,
+  limit: int,
 ) -> jax.Array:
-  """`_tiles` summed over blocks of tile rows when the transformed data exceeds BLOCK_BYTES.
+  """`_tiles` summed over blocks of tile rows when the transformed data exceeds `limit` bytes.
 
   A block reads its rows of output gradient and the input rows they need (r - 1 more); the
   gradient is padded with zero rows to whole blocks, which add nothing to the sum.
@@ -227,7 +235,7 @@ def _stride1(
   nbytes = n_pos * x.shape[0] * math.prod(tiles) * (x.shape[1] * x.shape[-1] + dy.shape[-1])
   if split:
     nbytes //= _row_blocks(ms, rs, g.group_in_features, dy.shape[-1], itemsize)
-  blocks = min(tiles[0], -(-nbytes * itemsize // BLOCK_BYTES))
+  blocks = min(tiles[0], -(-nbytes * itemsize // limit))
   if blocks <= 1:
     return _tiles(x, dy, rs, ms, g, split)
   per = -(-tiles[0] // blocks) * ms[0]  # output rows per block
@@ -246,6 +254,26 @@ def _stride1(
     lambda a, b: _tiles(a, b, rs, ms, g, split), x[:, :, : per + rs[0] - 1], dy[:, :per]
   )
   return lax.fori_loop(0, blocks, body, jnp.zeros(part.shape, part.dtype))
+
+
+def _with_forward_input(nbytes: int, row_blocks: int) -> bool:
+  """Whether to compute the kernel gradient in one piece, as the forward computes its tiles.
+
+  A Winograd forward makes its transformed input in one piece when its `nbytes` of transformed
+  data fit `SPLIT_ABOVE_BYTES` and its transformed kernel one block of positions (`_tiles`). The
+  kernel gradient then needs the very same array, and in a training step compiled as one program
+  XLA computes it once for both, if the kernel gradient too takes it whole, not in blocks of
+  examples. That saves the input transform and its pass over the input, but leaves the kernel
+  gradient's fresh buffers larger than BLOCK_BYTES, which a process that does not keep its host
+  memory (`jaxconv.keep_host_memory`) faults in again on every run. Measured (ResNet-50's
+  56x56x64 layer, batch 8, F(4,3), 28.9 MB, Intel Xeon, interleaved with lax; docs/benchmarks.md,
+  "The forward's transformed input shared with the kernel gradient"): with host memory kept, the
+  training step ran 3.04x and 3.18x lax in one piece against 2.77x and 2.60x in two blocks (a
+  forward by F(4,3), input gradient by lax, kernel gradient by F(4,3), YNNPACK off: 1.17x against
+  0.99x); without, 1.90x and 1.89x against 2.58x and 2.51x, and the kernel gradient alone 26.7 ms
+  against 13.6.
+  """
+  return host_memory_kept() and nbytes <= SPLIT_ABOVE_BYTES and row_blocks == 1
 
 
 def _row_blocks(ms: Sequence[int], rs: Sequence[int], cin: int, cout: int, itemsize: int) -> int:
@@ -357,7 +385,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
       x_sl, w_sl, y_sl = zip(*combo)
       rs = [len(range(k)[sl]) for k, sl in zip(g.kernel, w_sl)]
       xs, dys = xb[(slice(None), slice(None), *x_sl)], dyb[(slice(None), *y_sl)]
-      part = _stride1(xs, dys, rs, m, g, split)
+      part = _stride1(xs, dys, rs, m, g, split, limit)
       if all(sl == slice(None) for sl in w_sl) and dw is not None:  # dilation phases add up
         dw = dw + part
       else:  # stride phases: each fills its own kernel taps
@@ -372,16 +400,19 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
   # 54.7 MB. Where they fit, the split would save no memory and cost time (its partial sums: the
   # 7x7x512 kernel gradient at batch 8 ran 0.89-0.92x as fast split).
   n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt)
-  split = n_ex * per_example > BLOCK_BYTES
-  if split:
-    per_example //= _row_blocks(
-      m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize
+  row_blocks = _row_blocks(m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize)
+  if _with_forward_input(n_ex * per_example, row_blocks):
+    split, blocks, limit = False, 1, SPLIT_ABOVE_BYTES
+  else:
+    limit = BLOCK_BYTES
+    split = n_ex * per_example > BLOCK_BYTES
+    if split:
+      per_example //= row_blocks
+    blocks = next(
+      k
+      for k in range(1, n_ex + 1)
+      if (n_ex % k == 0 and n_ex // k * per_example <= BLOCK_BYTES) or k == n_ex
     )
-  blocks = next(
-    k
-    for k in range(1, n_ex + 1)
-    if (n_ex % k == 0 and n_ex // k * per_example <= BLOCK_BYTES) or k == n_ex
-  )
   dw = sum_blocks(block, (x, dy), blocks)
   dw = dw.reshape(*g.kernel, g.group_in_features, g.out_features)
   return jnp.transpose(dw, np.argsort(g.rhs_to_channels_last))

@@ -108,6 +108,46 @@ def test_wgrad_in_blocks_of_examples_and_tile_rows(monkeypatch, budget, strides)
   assert err < 1e-5, err
 
 
+@pytest.mark.parametrize("kept", [False, True])
+def test_wgrad_takes_the_forward_transformed_input_whole_where_host_memory_is_kept(
+  monkeypatch, kept
+):
+  # Data over BLOCK_BYTES but within the forward's one-piece bound: in blocks of examples where
+  # fresh buffers cost page faults, in one piece where host memory is kept, so that a step
+  # compiled as one program computes the transformed input once for the forward and the kernel
+  # gradient (XLA merges the two identical computations).
+  from jaxconv import _winograd
+
+  monkeypatch.setattr(_wgrad, "BLOCK_BYTES", 1 << 10)
+  monkeypatch.setattr(_wgrad, "host_memory_kept", lambda: kept)
+  rng = rng_for("shared-input")
+  x = jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 5)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((4, 8, 8, 5)), jnp.float32)
+  call = dict(
+    window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=HIGHEST,
+  )  # fmt: skip
+  g = jaxconv.plan(x, w, **call, algorithm="lax").geometry
+  wgrad = lambda x, dy: _wgrad.kernel_gradient(x, dy, g, (4, 4))
+  loops = [p for p in ("scan", "while") if p in str(jax.make_jaxpr(wgrad)(x, dy))]
+  assert bool(loops) is not kept, loops
+  (want,) = jax.vjp(lambda w: jax.lax.conv_general_dilated(x, w, **call), w)[1](dy)
+  err = float(jnp.linalg.norm(jax.jit(wgrad)(x, dy) - want) / jnp.linalg.norm(want))
+  assert err < 1e-5, err
+
+  def step(x, w, dy):
+    return _winograd.winograd(x, w, g, (4, 4)), wgrad(x, dy)
+
+  # The forward's transformed input, (36 positions, 4 examples x 4 tiles, 3 channels), feeds the
+  # forward's GEMMs, and the kernel gradient's too when kept (otherwise its loop makes its own).
+  hlo = jax.jit(step).lower(x, w, dy).compile().as_text()
+  lines = hlo[hlo.index("\nENTRY") :].splitlines()
+  (made,) = [line.split()[0] for line in lines if " = f32[36,16,3]" in line and "fusion(" in line]
+  readers = [line for line in lines if f"{made}," in line or f"{made})" in line]
+  assert len(readers) == (2 if kept else 1), readers
+
+
 @pytest.mark.parametrize(
   ("lhs_shape", "rhs_shape", "dn", "groups", "tiles"),
   [
