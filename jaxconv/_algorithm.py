@@ -10,7 +10,10 @@ instance. It answers, for a normalised `ConvGeometry`:
   is known not to pay (`auto` then never picks it without a measurement);
 * `run`: the computation itself, in the user's layouts;
 * `nested`: the convolutions `run` hands back to `auto` (a decomposition's parts), which the
-  tuner measures before timing the algorithm itself.
+  tuner measures before timing the algorithm itself;
+* `shares_with`: the forward layer whose intermediate a kernel gradient's `run` computes again,
+  which a training step compiled as one program computes once for both: the tuner then times the
+  two together (`_tune._pairing`).
 
 It also states what `auto` and the tuner may assume of its results: whether they are `exact` (the
 same products as lax, so NaN and infinity propagate as in lax) and the `tolerance`, the largest
@@ -94,6 +97,17 @@ class Algorithm(abc.ABC):
     """The convolutions it runs through `auto` to compute `g` (measured first by the tuner)."""
     del g, variant
     return ()
+
+  def shares_with(self, g: ConvGeometry, variant: Variant) -> tuple[ConvGeometry, str] | None:
+    """The forward convolution and candidate label that compute an intermediate `run` needs too.
+
+    Where `g` is a layer's kernel gradient and `run`, as that forward candidate's `run`, computes
+    an identical array from the layer's input, XLA computes it once in a step compiled as one
+    program, so the pair together costs less than their times alone add up to. None where
+    nothing is shared.
+    """
+    del g, variant
+    return None
 
   def tolerance(self, g: ConvGeometry, variant: Variant) -> float:
     """Largest normwise relative difference from lax's result the tuner accepts."""

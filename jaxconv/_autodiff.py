@@ -67,9 +67,9 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jaxconv._geometry import ConvGeometry, renormalize
+from jaxconv._geometry import ConvGeometry, normalize, renormalize
 
-__all__ = ["conv", "conv_p"]
+__all__ = ["conv", "conv_p", "kernel_gradient_geometry"]
 
 conv_p = Primitive("jaxconv_conv")
 """One non-lax convolution: operands (lhs, rhs); params geometry, algorithm, tile."""
@@ -263,14 +263,21 @@ def _transpose_rhs(ct, lhs, rhs, *, geometry: ConvGeometry, algorithm, tile):
       out_sharding=_sharding_of(aval),
     )
     return lax.rev(reversed_dw, rhs_spec[2:]).astype(aval.dtype)
+  return _jaxconv(
+    lhs.astype(ct.dtype), ct, **_kernel_gradient_call(g), out_sharding=_sharding_of(aval)
+  ).astype(aval.dtype)
+
+
+def _kernel_gradient_call(g: ConvGeometry) -> dict:
+  """The convolution arguments of the kernel gradient of `g` (module docstring), but the dilated
+  kernel form's: input ``x``, kernel the output gradient."""
+  lhs_spec, rhs_spec, out_spec = g.dimension_numbers
   padding = []
   for n, k, o, s, (lo, _), a, d in zip(
     g.in_spatial, g.kernel, g.out_spatial, g.strides, g.padding, g.lhs_dilation, g.rhs_dilation
   ):
     padding.append((lo, _dilated(o, s) - _dilated(n, a) + _dilated(k, d) - 1 - lo))
-  return _jaxconv(
-    lhs.astype(ct.dtype),
-    ct,
+  return dict(
     window_strides=g.rhs_dilation,
     padding=padding,
     lhs_dilation=g.lhs_dilation,
@@ -282,8 +289,27 @@ def _transpose_rhs(ct, lhs, rhs, *, geometry: ConvGeometry, algorithm, tile):
     batch_group_count=g.feature_group_count,
     precision=g.precision,
     preferred_element_type=g.preferred_element_type,
-    out_sharding=_sharding_of(aval),
-  ).astype(aval.dtype)
+  )
+
+
+def kernel_gradient_geometry(g: ConvGeometry) -> ConvGeometry | None:
+  """The geometry of the convolution that reverse mode runs for the kernel gradient of `g`.
+
+  None where it takes the dilated-kernel form (`_dilated_kernel_form`) or `g` is empty.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxconv._geometry import normalize
+    >>> g = normalize(jnp.ones((8, 6, 6, 2)), jnp.ones((3, 3, 2, 4)), (1, 1), "SAME",
+    ...               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    >>> kernel_gradient_geometry(g).out_shape  # the kernel's
+    (3, 3, 2, 4)
+  """
+  if g.is_empty or _dilated_kernel_form(g):
+    return None
+  dtype = jax.ShapeDtypeStruct
+  lhs, ct = dtype(g.lhs_shape, g.dtype), dtype(g.out_shape, g.dtype)
+  return normalize(lhs, ct, **_kernel_gradient_call(g))
 
 
 ad.defbilinear(conv_p, _transpose_lhs, _transpose_rhs)

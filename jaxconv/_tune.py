@@ -21,11 +21,18 @@ device:
 4. the medians, errors and costs go to the on-disk cache (`jaxconv._cache`);
 5. `tune`, an `autotune()` block and `jaxconv tune` measure every geometry they met once more
    after all of them (`confirm`, `PASSES`), and each candidate keeps the lesser of its medians: a
-   slowdown of the shared machine that spans one measurement is unlikely to span both.
+   slowdown of the shared machine that spans one measurement is unlikely to span both;
+6. a layer's kernel gradient whose candidates share work with its forward's
+   (`Algorithm.shares_with`: a Winograd-domain kernel gradient needs the transformed input of
+   the forward by the same tile) is measured once more with the forward, measured before it: the
+   two as `auto` would choose them alone, and the sharing pair, each a program computing both
+   (`_pairing`). Alone, each may be slower than lax; together, XLA makes the shared array once.
 
 The decision (`decide`) reads a cached entry: the fastest admissible candidate (of those within
 `TIE` of it, the first in registry order, so the more accurate), provided it beats lax by
-`MARGIN`, so that noise does not flip choices; otherwise lax. Admissible: its error is within
+`MARGIN`, so that noise does not flip choices; otherwise lax. A pair measured faster together by
+`MARGIN` (in three rounds of four) decides the forward and the kernel gradient instead, the
+forward also where it runs without its gradient. Admissible: its error is within
 tolerance, and with `set_nonfinite("exact")` only exact algorithms count.
 
 Tuning is off by default, and `auto` then uses cached measurements where it has them and its
@@ -380,12 +387,97 @@ def measure(g: ConvGeometry, *, timer: Timer | None = None, store: bool = True) 
       "tuned_s": round(time.perf_counter() - start, 4),
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    paired = _pairing(g, entry, cands, args, timer)
+    if paired is not None:
+      entry["paired"] = paired
     _measurements += 1
   if store:
     _store().put(g.key(), entry)
     if (recorded := _recorded.get()) is not None:
       recorded.append(g)
   return entry
+
+
+def _pairing(
+  g: ConvGeometry, entry: dict, cands: list[tuple[str, Any, Any]], args: list, timer: Timer
+) -> dict | None:
+  """Times the kernel gradient `g` with its forward layer where their candidates share work.
+
+  The forward must have been measured, and `g` must be its kernel gradient as reverse mode
+  states it. Of the sharing pairs, the one whose times alone add up to least is timed against
+  the two choices `decide` makes alone, each pair as one program computing the forward's result
+  and the kernel gradient from the layer's input, kernel and output gradient, in interleaved
+  rounds (at least `MIN_ROUNDS`, then within `budget()`).
+
+  Returns:
+    ``{"label", "forward", "gain", "instead_of"}`` where the pair was `MARGIN` faster at the
+    median of the per-round ratios and faster in three rounds of four; otherwise None.
+  """
+  from jaxconv._autodiff import kernel_gradient_geometry  # which reads the registry
+
+  shared = [(label, s) for label, a, v in cands if (s := a.shares_with(g, v)) is not None]
+  if not shared:
+    return None
+  fwd = shared[0][1][0]
+  fwd_entry = lookup(fwd)
+  if fwd_entry is None or kernel_gradient_geometry(fwd) != g:
+    return None
+  fwd_labels, labels = list(fwd_entry["times"]), list(entry["times"])
+  t_f = {label: t for t, label in admissible(fwd, fwd_entry, fwd_labels)[1]}
+  t_k = {label: t for t, label in admissible(g, entry, labels)[1]}
+  both = [(t_f[f] + t_k[k], k, f) for k, (_, f) in shared if k in t_k and f in t_f]
+  alone = (
+    decide(fwd, fwd_entry, fwd_labels, paired=False)[0],
+    decide(g, entry, labels, paired=False)[0],
+  )
+  if not both:
+    return None
+  _, label, fwd_label = min(both)
+  if alone == (fwd_label, label):
+    return None  # the pair is what runs anyway
+  x, dy = args
+  w = jax.device_put(_random(fwd.rhs_shape, fwd.dtype, np.random.default_rng(1)), x.device)
+
+  def program(f_label: str, k_label: str) -> Callable[[], Any]:
+    (fa, fv), (ka, kv) = variant_of(fwd, f_label), variant_of(g, k_label)
+    run_f = _as_it_runs(fwd, functools.partial(fa.run, g=fwd, variant=fv))
+    run_k = _as_it_runs(g, functools.partial(ka.run, g=g, variant=kv))
+    step = jax.jit(lambda x, w, dy: (run_f(x, w), run_k(x, dy))).lower(x, w, dy).compile()
+    return functools.partial(step, x, w, dy)
+
+  calls = {"alone": program(*alone), "paired": program(fwd_label, label)}
+  samples: dict[str, list[float]] = {name: [] for name in calls}
+  rounds, last, start = 0, 0.0, time.perf_counter()
+  while rounds < MAX_ROUNDS and (
+    rounds < MIN_ROUNDS or time.perf_counter() - start + last <= budget()
+  ):
+    round_start = time.perf_counter()
+    for name, call in calls.items():
+      samples[name].append(timer(f"{name} with the forward", call))
+    rounds, last = rounds + 1, time.perf_counter() - round_start
+  ratios = np.asarray(samples["alone"]) / np.asarray(samples["paired"])
+  gain, first_quartile = float(np.median(ratios)), float(np.percentile(ratios, 25))
+  if gain < MARGIN or first_quartile <= 1.0:
+    return None
+  return {"label": label, "forward": fwd_label, "gain": round(gain, 4), "instead_of": list(alone)}
+
+
+def _paired_choice(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, str] | None:
+  """What a pair measured by `_pairing` decides for `g`, a kernel gradient or its forward."""
+  from jaxconv._autodiff import kernel_gradient_geometry  # which reads the registry
+
+  pair, mine, partner = entry.get("paired"), "label", "forward"
+  if pair is None:  # `g` as the forward of a measured kernel gradient
+    gk = kernel_gradient_geometry(g)
+    pair = (lookup(gk) or {}).get("paired") if gk is not None else None
+    mine, partner = partner, mine
+  if pair is None or pair[mine] not in allowed:
+    return None
+  return pair[mine], (
+    f"measured with the layer's {'forward' if mine == 'label' else 'kernel gradient'} by "
+    f"{pair[partner]}, which shares its work: {pair['gain']:.2f}x faster together than "
+    f"{' and '.join(pair['instead_of'])}"
+  )
 
 
 @contextlib.contextmanager
@@ -503,15 +595,19 @@ def admissible(
   return times, ok, dropped
 
 
-def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, str]:
+def decide(
+  g: ConvGeometry, entry: dict, allowed: Sequence[str], *, paired: bool = True
+) -> tuple[str, str]:
   """The label to run from a measurement, and the reason; lax unless a candidate beats it.
 
-  A choice `refine` measured in a whole function (the entry's ``in_context``) comes first.
+  A choice `refine` measured in a whole function (the entry's ``in_context``) comes first, then,
+  where `paired`, a pair `_pairing` measured with the layer's forward or kernel gradient.
 
   Args:
     g: the geometry measured.
     entry: its cache entry (`measure`).
     allowed: the candidate labels `auto` may pick (lax is always allowed).
+    paired: whether to follow a measured pair.
   """
   if (trial := _trial.get()) is not None and trial.get(g) in (*allowed, "lax"):
     return trial[g], "a trial of `refine`"
@@ -521,6 +617,8 @@ def decide(g: ConvGeometry, entry: dict, allowed: Sequence[str]) -> tuple[str, s
       f"measured in a whole function (`refine`): {kept['gain']:.2f}x faster there than "
       f"{kept['instead_of']}"
     )
+  if paired and (choice := _paired_choice(g, entry, allowed)) is not None:
+    return choice
   times, ok, dropped = admissible(g, entry, allowed)
   lax_t = times["lax"]
   summary = ", ".join(f"{label} {t * 1e3:.3g} ms" for label, t in sorted(times.items()))

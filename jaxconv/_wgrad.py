@@ -198,6 +198,14 @@ class Wgrad(Algorithm):
   def explain(self, g: ConvGeometry, variant) -> str:
     return f"the kernel gradient of {WINOGRAD.explain(forward_of(g), variant)}, transformed"
 
+  def shares_with(self, g: ConvGeometry, variant) -> tuple[ConvGeometry, str] | None:
+    # The forward by the same tile makes the same transformed input in one piece where this does
+    # (`_with_forward_input`); not from a reversed kernel, whose transforms run reversed.
+    fwd = forward_of(g)
+    if fwd.reversed_kernel or not _with_forward_input(fwd, variant):
+      return None
+    return fwd, WINOGRAD.label(variant)
+
   def tolerance(self, g: ConvGeometry, variant) -> float:
     return WINOGRAD.tolerance(forward_of(g), variant)
 
@@ -256,11 +264,11 @@ def _stride1(
   return lax.fori_loop(0, blocks, body, jnp.zeros(part.shape, part.dtype))
 
 
-def _with_forward_input(nbytes: int, row_blocks: int) -> bool:
-  """Whether to compute the kernel gradient in one piece, as the forward computes its tiles.
+def _with_forward_input(g: ConvGeometry, m: Sequence[int]) -> bool:
+  """Whether to compute the kernel gradient of the layer `g` in one piece, as its forward does.
 
-  A Winograd forward makes its transformed input in one piece when its `nbytes` of transformed
-  data fit `SPLIT_ABOVE_BYTES` and its transformed kernel one block of positions (`_tiles`). The
+  A Winograd forward makes its transformed input in one piece when its transformed data fit
+  `SPLIT_ABOVE_BYTES` and its transformed kernel one block of positions (`_tiles`). The
   kernel gradient then needs the very same array, and in a training step compiled as one program
   XLA computes it once for both, if the kernel gradient too takes it whole, not in blocks of
   examples. That saves the input transform and its pass over the input, but leaves the kernel
@@ -273,7 +281,10 @@ def _with_forward_input(nbytes: int, row_blocks: int) -> bool:
   0.99x); without, 1.90x and 1.89x against 2.58x and 2.51x, and the kernel gradient alone 26.7 ms
   against 13.6.
   """
-  return host_memory_kept() and nbytes <= SPLIT_ABOVE_BYTES and row_blocks == 1
+  wdt = work_dtype(g)
+  nbytes = g.out_batch * _bytes_per_example(g, m, wdt)
+  rows = _row_blocks(m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize)
+  return host_memory_kept() and nbytes <= SPLIT_ABOVE_BYTES and rows == 1
 
 
 def _row_blocks(ms: Sequence[int], rs: Sequence[int], cin: int, cout: int, itemsize: int) -> int:
@@ -400,14 +411,15 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, g: ConvGeometry, m: Sequence[in
   # 54.7 MB. Where they fit, the split would save no memory and cost time (its partial sums: the
   # 7x7x512 kernel gradient at batch 8 ran 0.89-0.92x as fast split).
   n_ex, per_example = g.out_batch, _bytes_per_example(g, m, wdt)
-  row_blocks = _row_blocks(m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize)
-  if _with_forward_input(n_ex * per_example, row_blocks):
+  if _with_forward_input(g, m):
     split, blocks, limit = False, 1, SPLIT_ABOVE_BYTES
   else:
     limit = BLOCK_BYTES
     split = n_ex * per_example > BLOCK_BYTES
     if split:
-      per_example //= row_blocks
+      per_example //= _row_blocks(
+        m, g.kernel, g.group_in_features, g.out_features, np.dtype(wdt).itemsize
+      )
     blocks = next(
       k
       for k in range(1, n_ex + 1)

@@ -14,7 +14,8 @@ import pytest
 from jax import lax
 
 import jaxconv
-from jaxconv import _cache, _select, _tune
+from jaxconv import _cache, _select, _tune, _wgrad
+from jaxconv._autodiff import kernel_gradient_geometry
 from jaxconv._geometry import normalize
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -108,6 +109,39 @@ def test_confirm_measures_again_and_keeps_each_candidates_least_median():
   assert entry["times"] == FAKE
   assert entry["rounds"] == 2 * first["rounds"] and entry["tuned_s"] > first["tuned_s"]
   assert _tune.decide(g, entry, list(FAKE))[0] == "winograd4"
+
+
+def test_a_kernel_gradient_sharing_work_with_its_forward_is_timed_with_it(monkeypatch):
+  # With host memory kept, wgrad4 takes the transformed input F(4,3)'s forward makes. Alone, lax
+  # wins both (Winograd within the margin); in one program, the pair is 1.5x faster.
+  monkeypatch.setattr(_wgrad, "host_memory_kept", lambda: True)
+  fwd = _geometry()
+  gk = kernel_gradient_geometry(fwd)
+  assert _wgrad.WGRAD.shares_with(gk, (4, 4)) == (fwd, "winograd4")
+  alone = {"lax": 1.0, "winograd4": 1.01, "wgrad4": 1.01}
+  _tune.measure(fwd, timer=FakeTimer(alone))
+  timer = FakeTimer({**alone, "alone with the forward": 3.0, "paired with the forward": 2.0})
+  entry = _tune.measure(gk, timer=timer)
+  want = {"label": "wgrad4", "forward": "winograd4", "gain": 1.5, "instead_of": ["lax", "lax"]}
+  assert entry["paired"] == want
+  assert timer.calls.count("paired with the forward") >= _tune.MIN_ROUNDS
+  label, reason = _tune.decide(gk, entry, list(entry["times"]))
+  assert label == "wgrad4" and "1.50x faster together than lax and lax" in reason
+  fwd_entry = _tune.lookup(fwd)
+  label, reason = _tune.decide(fwd, fwd_entry, list(fwd_entry["times"]))
+  assert label == "winograd4" and "kernel gradient by wgrad4" in reason
+  assert _tune.decide(fwd, fwd_entry, ["im2col"])[0] == "lax"  # Winograd not allowed
+  assert _tune.decide(fwd, fwd_entry, list(fwd_entry["times"]), paired=False)[0] == "lax"
+  # Measured again, no faster together: nothing paired, and the forward is decided alone again.
+  timer = FakeTimer({**alone, "alone with the forward": 3.0, "paired with the forward": 3.1})
+  assert "paired" not in _tune.measure(gk, timer=timer)
+  assert _tune.decide(fwd, fwd_entry, list(fwd_entry["times"]))[0] == "lax"
+  # Without host memory kept the kernel gradient runs in blocks and shares nothing.
+  monkeypatch.setattr(_wgrad, "host_memory_kept", lambda: False)
+  assert _wgrad.WGRAD.shares_with(gk, (4, 4)) is None
+  timer = FakeTimer({**alone, "alone with the forward": 3.0, "paired with the forward": 2.0})
+  assert "paired" not in _tune.measure(gk, timer=timer)
+  assert not [c for c in timer.calls if "forward" in c]
 
 
 def test_one_pass_confirms_nothing(monkeypatch):
@@ -270,6 +304,7 @@ def test_tune_collects_forward_and_backward_convolutions(monkeypatch):
   forward = normalize(x, w, **KW)
   assert table[0].geometry == forward and table[0].requested == "auto"
   assert len(table) == 3  # the forward, the input gradient and the kernel gradient
+  assert kernel_gradient_geometry(forward) in [t.geometry for t in table]
   assert all(t.times is not None and "lax" in t.times for t in table)
   for t in table:
     assert t.algorithm in t.times and t.speedup > 0
