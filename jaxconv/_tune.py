@@ -406,7 +406,7 @@ def _pairing(
   The forward must have been measured, and `g` must be its kernel gradient as reverse mode
   states it. Of the sharing pairs, the one whose times alone add up to least is timed against
   the two choices `decide` makes alone, each pair as one program computing the forward's result
-  and the kernel gradient from the layer's input, kernel and output gradient, in interleaved
+  and then the kernel gradient from the layer's input, kernel and output gradient, in interleaved
   rounds (at least `MIN_ROUNDS`, then within `budget()`).
 
   Returns:
@@ -426,13 +426,13 @@ def _pairing(
   t_f = {label: t for t, label in admissible(fwd, fwd_entry, fwd_labels)[1]}
   t_k = {label: t for t, label in admissible(g, entry, labels)[1]}
   both = [(t_f[f] + t_k[k], k, f) for k, (_, f) in shared if k in t_k and f in t_f]
+  if not both:
+    return None
+  _, label, fwd_label = min(both)
   alone = (
     decide(fwd, fwd_entry, fwd_labels, paired=False)[0],
     decide(g, entry, labels, paired=False)[0],
   )
-  if not both:
-    return None
-  _, label, fwd_label = min(both)
   if alone == (fwd_label, label):
     return None  # the pair is what runs anyway
   x, dy = args
@@ -442,8 +442,14 @@ def _pairing(
     (fa, fv), (ka, kv) = variant_of(fwd, f_label), variant_of(g, k_label)
     run_f = _as_it_runs(fwd, functools.partial(fa.run, g=fwd, variant=fv))
     run_k = _as_it_runs(g, functools.partial(ka.run, g=g, variant=kv))
-    step = jax.jit(lambda x, w, dy: (run_f(x, w), run_k(x, dy))).lower(x, w, dy).compile()
-    return functools.partial(step, x, w, dy)
+
+    def step(x: jax.Array, w: jax.Array, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+      # The kernel gradient after the forward, as in a model's step, where the output gradient
+      # comes from the forward's result: not beside it on other cores.
+      y, dy = lax.optimization_barrier((run_f(x, w), dy))
+      return y, run_k(x, dy)
+
+    return functools.partial(jax.jit(step).lower(x, w, dy).compile(), x, w, dy)
 
   calls = {"alone": program(*alone), "paired": program(fwd_label, label)}
   samples: dict[str, list[float]] = {name: [] for name in calls}

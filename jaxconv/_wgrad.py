@@ -18,7 +18,9 @@ the same strided views the forward's input transform uses.
 Strided and dilated layers split as the forward does (`jaxconv._winograd`): the kernel gradient of
 a stride-s axis is the phases' gradients ``dg[p::s]``, each the gradient of a stride-1 problem on
 ``x[p::s]``; a dilated kernel's gradient sums its sub-grids' gradients. The transformed input is
-recomputed from the layer's input, not kept from the forward pass (see docs/memory.md). A large
+recomputed from the layer's input, not kept from the forward pass (see docs/memory.md); in a
+training step compiled as one program XLA computes it once for both where both take it whole
+(`_with_forward_input`), and the tuner then times the two together (`Wgrad.shares_with`). A large
 ``dU`` is made a block of rows of positions at a time, each adding ``GT[:, block] dU[block]``.
 
 As a registry algorithm it takes the kernel-gradient geometry that `jaxconv._autodiff` states
