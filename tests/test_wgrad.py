@@ -139,6 +139,8 @@ def test_wgrad_takes_the_forward_transformed_input_whole_where_host_memory_is_ke
   def step(x, w, dy):
     return _winograd.winograd(x, w, g, (4, 4)), wgrad(x, dy)
 
+  text = jax.jit(step).trace(x, w, dy).lower(lowering_platforms=("cuda",)).as_text()
+  assert "func.func public @main" in text
   # The forward's transformed input, (36 positions, 4 examples x 4 tiles, 3 channels), feeds the
   # forward's GEMMs, and the kernel gradient's too when kept (otherwise its loop makes its own).
   hlo = jax.jit(step).lower(x, w, dy).compile().as_text()
