@@ -7,12 +7,14 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
@@ -334,3 +336,20 @@ def test_gpu_script_runs_its_steps(tmp_path):
     assert record["settings"]["train"] == (step == "train")
   bad = subprocess.run(["bash", str(script), str(tmp_path), "nonsense"], capture_output=True)
   assert bad.returncode == 2
+
+
+def test_step_bounds_splits_a_profiled_step(capsys):
+  script = _bench_script("step_bounds")
+  a = jnp.ones((8, 128, 128))
+  compiled = jax.jit(lambda a: jnp.einsum("bij,bjk->bik", a, a).T + 1).lower(a).compile()
+  kinds = script.instruction_kinds(compiled.as_text())
+  assert "product" in kinds.values() and "rest" in kinds.values()
+  spent = script.profile(compiled, (a,))
+  assert spent["product"] > 0 and spent["rest covered"] >= spent["rest"] - 1e-6 >= -1e-6
+  assert spent["product"] + spent["rest"] + spent["none"] == pytest.approx(spent["step"])
+  assert script.main(["--shapes", "tiny", "--rounds", "1", "--min-round-s", "0.001"]) == 0
+  line = capsys.readouterr().out.splitlines()[-1]
+  shares = r"\d+% \+ \d+% \+ -?\d+%"
+  assert re.match(
+    rf"tiny, \S+/\S+/\S+: [\d.]+ \| [\d.]+, .* \| [\d.]+, {shares} \| [\d.]+, [\d.]+$", line
+  )
