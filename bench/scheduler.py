@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
       lowered = jax.jit(conv_fn(shape, algorithm, train=True)).lower(*operands)
       programs[algorithm] = lowered.compile()
       programs[f"{algorithm} sequential"] = lowered.compile(compiler_options=SEQUENTIAL)
-    calls = {name: _blocking(program, operands) for name, program in programs.items()}
+    calls = {name: blocking(program, operands) for name, program in programs.items()}
     for call in calls.values():
       call()  # warm up
     times = interleaved_call_rounds(calls, rounds=args.rounds, min_round_s=args.min_round_s)
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-def _blocking(program, operands):
+def blocking(program, operands):
+  """A call of the compiled `program` on `operands` that waits for its results."""
   return lambda: jax.block_until_ready(program(*operands))
 
 

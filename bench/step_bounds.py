@@ -39,16 +39,14 @@ import time
 import jax
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from scheduler import LAYERS, blocking
+
 from jaxconv import _host_memory as host_memory
 from jaxconv._bench import conv_fn, what_ran
 from jaxconv._shapes import select
 from jaxconv._timing import interleaved_call_rounds, ratio_text
 
-# ResNet-50's 3x3 layers at batch 8, as `jaxconv bench --train` times them in docs/benchmarks.md.
-LAYERS = (
-  "resnet50-56x64,resnet50-28x128,resnet50-14x256,resnet50-7x512,"
-  "resnet50-56x128-s2,resnet50-28x256-s2,resnet50-14x512-s2"
-)
 STEPS = 10
 PRODUCT_OPCODES = frozenset({"dot", "convolution"})
 CONTROL_FLOW = frozenset({"while", "conditional", "call"})
@@ -176,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
       name: jax.jit(conv_fn(shape, name, train=True)).lower(*operands).compile()
       for name in ("lax", "auto")
     }
-    calls = {name: _blocking(p, operands) for name, p in programs.items()}
+    calls = {name: blocking(p, operands) for name, p in programs.items()}
     for call in calls.values():
       call()  # warm up
     times = interleaved_call_rounds(calls, rounds=args.rounds, min_round_s=args.min_round_s)
@@ -194,10 +192,6 @@ def main(argv: list[str] | None = None) -> int:
       flush=True,
     )
   return 0
-
-
-def _blocking(program, operands):
-  return lambda: jax.block_until_ready(program(*operands))
 
 
 if __name__ == "__main__":
