@@ -38,13 +38,7 @@ SEQUENTIAL = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--shapes", default=LAYERS, help="shape names or tags (bench --list)")
-  parser.add_argument("--rounds", type=int, default=9)
-  parser.add_argument("--min-round-s", type=float, default=0.1)
-  host_memory.add_option(parser)
-  args = parser.parse_args(argv)
-  host_memory.apply_option(args)
+  args = layer_arguments(__doc__, argv)
 
   print(f"jax {jax.__version__}; {host_memory.state()}; medians in ms, then paired speedups")
   for shape in select(args.shapes.split(",")):
@@ -71,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
       flush=True,
     )
   return 0
+
+
+def layer_arguments(doc: str, argv: list[str] | None) -> argparse.Namespace:
+  """The options of the scripts that time layers' steps (shapes, rounds, host memory), applied."""
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  parser.add_argument("--shapes", default=LAYERS, help="shape names or tags (bench --list)")
+  parser.add_argument("--rounds", type=int, default=9)
+  parser.add_argument("--min-round-s", type=float, default=0.1)
+  host_memory.add_option(parser)
+  args = parser.parse_args(argv)
+  host_memory.apply_option(args)
+  return args
 
 
 def blocking(program, operands):

@@ -29,7 +29,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
 import sys
@@ -40,7 +39,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from scheduler import LAYERS, blocking
+from scheduler import blocking, layer_arguments
 
 from jaxconv import _host_memory as host_memory
 from jaxconv._bench import conv_fn, what_ran
@@ -154,13 +153,7 @@ def profile(program, operands) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--shapes", default=LAYERS, help="shape names or tags (bench --list)")
-  parser.add_argument("--rounds", type=int, default=9)
-  parser.add_argument("--min-round-s", type=float, default=0.1)
-  host_memory.add_option(parser)
-  args = parser.parse_args(argv)
-  host_memory.apply_option(args)
+  args = layer_arguments(__doc__, argv)
 
   print(f"jax {jax.__version__}; {host_memory.state()}; ms per step (medians)")
   print(
