@@ -2,18 +2,18 @@
 
 Each layer's training step (`jaxconv bench --train`'s ``(x, k, dy) -> (y, dx, dk)``) with `auto`
 is traced with `jax.profiler` for ten steps. Every thunk XLA:CPU runs is either a **product**
-(a dot, or a YNNPACK fusion holding a dot or a convolution) or **the rest**: Winograd's
+(a dot or a convolution, or a fusion holding one, as YNNPACK's do) or **the rest**: Winograd's
 transforms, im2col's gathers, col2im's overlap-adds, transpositions, padding, copies. The script
 takes the wall time each kind's thunks cover on the threads that run them (the union of their
 intervals, so two threads busy at once count once) and splits the profiled step into products,
-the rest alone (no product running beside it) and time with no thunk running (the executor's own
-work between thunks), beside lax's and `auto`'s steps timed unprofiled in the same interleaved
-rounds. Some work runs on XLA:CPU's thread pool with no thunk of its own to show for it (its own
-convolution, which lax's takes with YNNPACK fusions off, and its large unbatched dots): it falls
-under "no thunk", with the executor's own work between thunks. The profiler slows the step (by
-5-60% on the 2-core Intel Xeon, most with YNNPACK fusions off, where every thread pool task is
-traced), so the split is read as shares of the profiled step and applied to the unprofiled one,
-assuming the slowdown spreads evenly. Two bounds follow, each counting "no thunk" against it:
+the rest alone (no product running beside it) and time with no thunk running, beside lax's and
+`auto`'s steps timed unprofiled in the same interleaved rounds. "No thunk" is the executor's own
+work between thunks and work that runs on XLA:CPU's thread pool after its thunk has returned:
+XLA's own convolution (lax's, with YNNPACK fusions off) and its large unbatched dots, whose
+thunks only start them. The profiler slows the step (by 5-60% on the 2-core Intel Xeon, most
+with YNNPACK fusions off, where every thread pool task is traced), so the split is read as shares
+of the profiled step and applied to the unprofiled one, assuming the slowdown spreads evenly. Two
+bounds follow, each counting "no thunk" against it:
 
 - lax's step over the share of the products and of no thunk: the most `auto`'s step could gain on
   lax if the rest took no time, with the products as they run;
